@@ -1,0 +1,126 @@
+"""The portable face of the platform layer: the interface every backend implements."""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol
+
+
+class Protection(enum.Enum):
+    """Access allowed to a committed span."""
+
+    NONE = "none"
+    READ = "read"
+    READ_WRITE = "read-write"
+
+
+class Advice(enum.Enum):
+    """Hints about how a span will be used; each backend maps what its OS supports."""
+
+    NORMAL = "normal"
+    SEQUENTIAL = "sequential"
+    RANDOM = "random"
+    WILLNEED = "willneed"
+    DONTNEED = "dontneed"
+    HUGEPAGE = "hugepage"
+
+
+class PlatformError(OSError):
+    """A failed system call: names the call and its arguments, keeps errno / last-error.
+
+    ``exhausted`` is true when the OS refused for lack of a resource (memory, address space,
+    commit charge, lockable pages), so the layers above can tell pressure from misuse without
+    knowing each OS's codes.
+    """
+
+    def __init__(
+        self,
+        call: str,
+        arguments: str,
+        code: int,
+        reason: str,
+        *,
+        exhausted: bool,
+        winerror: int | None = None,
+    ) -> None:
+        super().__init__(code, f"{call}({arguments}) failed: {reason}")
+        self.call = call
+        self.arguments = arguments
+        self.exhausted = exhausted
+        self.os_code = winerror if winerror is not None else code
+
+
+class VirtualMemory(Protocol):
+    """Reserve-then-commit virtual memory, as both OS families offer it.
+
+    Addresses are plain ints. A reservation holds address space only; committing a span of
+    it makes the span readable and writable and zero-filled; decommitting gives its physical
+    memory back and leaves it reserved and inaccessible, zero again when next committed.
+    """
+
+    name: str
+    page_size: int
+    granularity: int
+    huge_page_size: int
+
+    def reserve(self, size: int, alignment: int = 0) -> int:
+        """Reserve ``size`` bytes of inaccessible address space at a multiple of ``alignment``."""
+        ...
+
+    def release(self, address: int, size: int) -> None:
+        """Give a whole reservation back to the OS."""
+        ...
+
+    def commit(self, address: int, size: int) -> None:
+        """Make a reserved span readable and writable; its bytes read as zero."""
+        ...
+
+    def decommit(self, address: int, size: int) -> None:
+        """Return a span's physical memory and make it inaccessible again."""
+        ...
+
+    def protect(self, address: int, size: int, protection: Protection) -> None:
+        """Change the access allowed to a committed span."""
+        ...
+
+    def advise(self, address: int, size: int, advice: Advice) -> bool:
+        """Pass a usage hint; False when this OS has no such hint (a documented no-op)."""
+        ...
+
+    def prefault(self, address: int, size: int) -> None:
+        """Back every page of a committed, writable span with physical memory now."""
+        ...
+
+    def lock(self, address: int, size: int) -> None:
+        """Keep a committed span in physical memory."""
+        ...
+
+    def unlock(self, address: int, size: int) -> None:
+        """Undo ``lock``."""
+        ...
+
+    def resident(self, address: int, size: int) -> int:
+        """Bytes of the span that are in physical memory right now, as the OS reports."""
+        ...
+
+
+def align_down(value: int, alignment: int) -> int:
+    """Largest multiple of ``alignment`` (a power of two) not above ``value``."""
+    return value & ~(alignment - 1)
+
+
+def align_up(value: int, alignment: int) -> int:
+    """Smallest multiple of ``alignment`` (a power of two) not below ``value``."""
+    return (value + alignment - 1) & ~(alignment - 1)
+
+
+def is_power_of_two(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+def check_span(call: str, address: int, size: int, page_size: int) -> None:
+    """Reject a span the OS would refuse, before any call is made."""
+    if address % page_size or size <= 0 or size % page_size:
+        raise ValueError(
+            f"{call}: span at {address:#x} of {size} bytes is not whole pages of {page_size}"
+        )

@@ -1,0 +1,330 @@
+"""POSIX backend (Linux and macOS): mmap, mprotect, madvise, mlock and mincore through ctypes.
+
+One implementation, two constant tables: the numbers differ between the kernels in ways
+that silently lose data (macOS ``MADV_FREE`` is 5, Linux's 8 is macOS ``MADV_FREE_REUSE``),
+so nothing here is shared by value. Sources: ../shared/platform-facts.md §1–2.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from mmkit.platform.base import Advice, PlatformError, Protection, align_up, check_span
+
+
+@dataclass(frozen=True)
+class PosixConstants:
+    """The numeric values one POSIX kernel uses, and how it decommits."""
+
+    os_name: str
+    prot_none: int
+    prot_read: int
+    prot_write: int
+    map_private: int
+    map_fixed: int
+    map_anonymous: int
+    map_noreserve: int
+    advice: Mapping[Advice, int]
+    madv_dontneed: int
+    madv_populate_write: int | None
+    decommit_by_remap: bool
+    hugepage_size_file: str | None = None
+    names: Mapping[int, str] = field(default_factory=dict)
+
+
+LINUX = PosixConstants(
+    os_name="linux",
+    prot_none=0x0,
+    prot_read=0x1,
+    prot_write=0x2,
+    map_private=0x02,
+    map_fixed=0x10,
+    map_anonymous=0x20,
+    map_noreserve=0x4000,
+    advice=MappingProxyType(
+        {
+            Advice.NORMAL: 0,
+            Advice.RANDOM: 1,
+            Advice.SEQUENTIAL: 2,
+            Advice.WILLNEED: 3,
+            Advice.DONTNEED: 4,
+            Advice.HUGEPAGE: 14,
+        }
+    ),
+    madv_dontneed=4,
+    madv_populate_write=23,
+    decommit_by_remap=False,
+    hugepage_size_file="/sys/kernel/mm/transparent_hugepage/hpage_pmd_size",
+)
+
+# macOS: MAP_ANON is 0x1000 (0x20 is MAP_RENAME), MAP_NORESERVE 0x40 is accepted and ignored,
+# there is no THP and no MADV_POPULATE_*, and MADV_DONTNEED keeps the contents, so a span
+# is decommitted by mapping fresh PROT_NONE pages over it.
+DARWIN = PosixConstants(
+    os_name="darwin",
+    prot_none=0x00,
+    prot_read=0x01,
+    prot_write=0x02,
+    map_private=0x0002,
+    map_fixed=0x0010,
+    map_anonymous=0x1000,
+    map_noreserve=0x0040,
+    advice=MappingProxyType(
+        {
+            Advice.NORMAL: 0,
+            Advice.RANDOM: 1,
+            Advice.SEQUENTIAL: 2,
+            Advice.WILLNEED: 3,
+            Advice.DONTNEED: 4,
+        }
+    ),
+    madv_dontneed=4,
+    madv_populate_write=None,
+    decommit_by_remap=True,
+)
+
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_LOW_BIT = bytes(b & 1 for b in range(256))
+_MINCORE_CHUNK_PAGES = 1 << 16
+
+
+def protection_flags(protection: Protection, constants: PosixConstants) -> int:
+    """The ``PROT_*`` bits for a protection on this kernel."""
+    if protection is Protection.NONE:
+        return constants.prot_none
+    if protection is Protection.READ:
+        return constants.prot_read
+    return constants.prot_read | constants.prot_write
+
+
+def advice_value(advice: Advice, constants: PosixConstants) -> int | None:
+    """The ``MADV_*`` value for a hint, or None where this kernel has no such hint."""
+    return constants.advice.get(advice)
+
+
+def reserve_flags(constants: PosixConstants) -> int:
+    """``mmap`` flags for an inaccessible, uncharged reservation."""
+    return constants.map_private | constants.map_anonymous | constants.map_noreserve
+
+
+def count_resident(vector: bytes) -> int:
+    """Pages marked resident in a ``mincore`` vector (bit 0 on both kernels)."""
+    return vector.translate(_LOW_BIT).count(1)
+
+
+def aligned_trim(mapped: int, size: int, alignment: int) -> tuple[int, int, int]:
+    """For an over-sized mapping at ``mapped``: the aligned start, and the head and tail to unmap.
+
+    The mapping is ``size + alignment`` bytes long, so an aligned start always fits.
+    """
+    start = align_up(mapped, alignment)
+    head = start - mapped
+    tail = alignment - head
+    return start, head, tail
+
+
+def _page_size() -> int:
+    if sys.platform == "win32":
+        raise OSError("the POSIX backend needs a POSIX system")
+    return os.sysconf("SC_PAGE_SIZE")
+
+
+def _error(call: str, arguments: str) -> PlatformError:
+    code = ctypes.get_errno()
+    return PlatformError(
+        call,
+        arguments,
+        code,
+        os.strerror(code),
+        exhausted=code in (errno.ENOMEM, errno.EAGAIN),
+    )
+
+
+class PosixMemory:
+    """``VirtualMemory`` over libc for one POSIX kernel's constants."""
+
+    def __init__(self, constants: PosixConstants, library: str | None = None) -> None:
+        self.constants = constants
+        self.name = constants.os_name
+        self.page_size = _page_size()
+        self.granularity = self.page_size
+        self.huge_page_size = self._read_huge_page_size()
+        self._populate_works = constants.madv_populate_write is not None
+        libc = ctypes.CDLL(library, use_errno=True)
+        self._mmap = libc.mmap
+        self._mmap.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int64,
+        ]
+        self._mmap.restype = ctypes.c_void_p
+        self._munmap = libc.munmap
+        self._munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self._munmap.restype = ctypes.c_int
+        self._mprotect = libc.mprotect
+        self._mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        self._mprotect.restype = ctypes.c_int
+        self._madvise = libc.madvise
+        self._madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        self._madvise.restype = ctypes.c_int
+        self._mlock = libc.mlock
+        self._mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self._mlock.restype = ctypes.c_int
+        self._munlock = libc.munlock
+        self._munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self._munlock.restype = ctypes.c_int
+        self._mincore = libc.mincore
+        self._mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+        self._mincore.restype = ctypes.c_int
+
+    def _read_huge_page_size(self) -> int:
+        path = self.constants.hugepage_size_file
+        if path is None:
+            return 0
+        try:
+            enabled = Path(path).with_name("enabled").read_text()
+            size = int(Path(path).read_text())
+        except (OSError, ValueError):
+            return 0
+        return 0 if "[never]" in enabled else size
+
+    def _map(self, address: int | None, size: int, prot: int, flags: int) -> int:
+        result = self._mmap(address, size, prot, flags, -1, 0)
+        if result is None or result == _MAP_FAILED:
+            raise _error("mmap", f"{address or 0:#x}, {size}, {prot:#x}, {flags:#x}, -1, 0")
+        return int(result)
+
+    def _unmap(self, address: int, size: int) -> None:
+        if self._munmap(address, size) != 0:
+            raise _error("munmap", f"{address:#x}, {size}")
+
+    def reserve(self, size: int, alignment: int = 0) -> int:
+        check_span("reserve", 0, size, self.page_size)
+        prot = self.constants.prot_none
+        flags = reserve_flags(self.constants)
+        if alignment <= self.page_size:
+            return self._map(None, size, prot, flags)
+        mapped = self._map(None, size + alignment, prot, flags)
+        start, head, tail = aligned_trim(mapped, size, alignment)
+        if head:
+            self._unmap(mapped, head)
+        if tail:
+            self._unmap(start + size, tail)
+        return start
+
+    def release(self, address: int, size: int) -> None:
+        check_span("release", address, size, self.page_size)
+        self._unmap(address, size)
+
+    def commit(self, address: int, size: int) -> None:
+        self.protect(address, size, Protection.READ_WRITE)
+
+    def decommit(self, address: int, size: int) -> None:
+        check_span("decommit", address, size, self.page_size)
+        constants = self.constants
+        if constants.decommit_by_remap:
+            flags = constants.map_fixed | reserve_flags(constants)
+            mapped = self._map(address, size, constants.prot_none, flags)
+            if mapped != address:
+                raise PlatformError(
+                    "mmap",
+                    f"{address:#x}, {size}, PROT_NONE, MAP_FIXED",
+                    errno.EINVAL,
+                    f"kernel placed the mapping at {mapped:#x}",
+                    exhausted=False,
+                )
+            return
+        self.protect(address, size, Protection.NONE)
+        if self._madvise(address, size, constants.madv_dontneed) != 0:
+            raise _error("madvise", f"{address:#x}, {size}, MADV_DONTNEED")
+
+    def protect(self, address: int, size: int, protection: Protection) -> None:
+        check_span("protect", address, size, self.page_size)
+        if self._mprotect(address, size, protection_flags(protection, self.constants)) != 0:
+            raise _error("mprotect", f"{address:#x}, {size}, {protection.name}")
+
+    def advise(self, address: int, size: int, advice: Advice) -> bool:
+        check_span("advise", address, size, self.page_size)
+        value = advice_value(advice, self.constants)
+        if value is None:
+            return False
+        if self._madvise(address, size, value) == 0:
+            return True
+        if ctypes.get_errno() == errno.EINVAL:
+            return False
+        raise _error("madvise", f"{address:#x}, {size}, MADV_{advice.name}")
+
+    def prefault(self, address: int, size: int) -> None:
+        check_span("prefault", address, size, self.page_size)
+        populate = self.constants.madv_populate_write
+        if populate is not None and self._populate_works:
+            if self._madvise(address, size, populate) == 0:
+                return
+            if ctypes.get_errno() != errno.EINVAL:
+                raise _error("madvise", f"{address:#x}, {size}, MADV_POPULATE_WRITE")
+            self._populate_works = False
+        pages = memoryview((ctypes.c_ubyte * size).from_address(address)).cast("B")
+        step = self.page_size
+        pages[::step] = bytes(pages[::step])
+        pages.release()
+
+    def lock(self, address: int, size: int) -> None:
+        check_span("lock", address, size, self.page_size)
+        if self._mlock(address, size) != 0:
+            raise _error("mlock", f"{address:#x}, {size}")
+
+    def unlock(self, address: int, size: int) -> None:
+        check_span("unlock", address, size, self.page_size)
+        if self._munlock(address, size) != 0:
+            raise _error("munlock", f"{address:#x}, {size}")
+
+    def resident(self, address: int, size: int) -> int:
+        check_span("resident", address, size, self.page_size)
+        page = self.page_size
+        pages = size // page
+        chunk = min(pages, _MINCORE_CHUNK_PAGES)
+        vector = (ctypes.c_ubyte * chunk)()
+        total = 0
+        for first in range(0, pages, chunk):
+            count = min(chunk, pages - first)
+            start = address + first * page
+            if self._mincore(start, count * page, vector) != 0:
+                raise _error("mincore", f"{start:#x}, {count * page}, vec")
+            total += count_resident(bytes(vector)[:count])
+        return total * page
+
+
+def check_against_stdlib(constants: PosixConstants) -> None:
+    """Refuse to run where the stdlib's ``mmap`` constants disagree with our table.
+
+    The table is written for x86-64 and aarch64; other Linux architectures (MIPS, SPARC,
+    PowerPC) number some flags differently, and a wrong flag can lose data silently.
+    """
+    expected = {
+        "PROT_READ": constants.prot_read,
+        "PROT_WRITE": constants.prot_write,
+        "MAP_PRIVATE": constants.map_private,
+        "MAP_ANONYMOUS": constants.map_anonymous,
+        "MAP_NORESERVE": constants.map_noreserve,
+    }
+    expected.update({f"MADV_{advice.name}": value for advice, value in constants.advice.items()})
+    if constants.madv_populate_write is not None:
+        expected["MADV_POPULATE_WRITE"] = constants.madv_populate_write
+    for name, value in expected.items():
+        actual: int | None = getattr(mmap, name, None)
+        if actual is not None and actual != value:
+            raise ImportError(
+                f"mmkit's {constants.os_name} table has {name}={value:#x}, "
+                f"but this system's is {actual:#x}: unsupported architecture"
+            )
