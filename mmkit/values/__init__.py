@@ -1,0 +1,1 @@
+"""Values: configuration, identifiers, errors and units. Pure: no system calls."""

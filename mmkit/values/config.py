@@ -1,0 +1,161 @@
+"""``MemoryConfig``: the budget, the dimensions and the policies, checked when made."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmkit.platform import PAGE_SIZE
+from mmkit.values.errors import ConfigError, UnknownDimension
+from mmkit.values.ids import DimensionId
+from mmkit.values.units import MiB
+
+
+@dataclass(frozen=True, slots=True)
+class DimensionSpec:
+    """One dimension: its id, its name and its size in bytes."""
+
+    id: DimensionId
+    name: str
+    size: int
+
+    def __init__(self, id: object, name: str, size: int) -> None:
+        object.__setattr__(self, "id", DimensionId(id))
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "size", size)
+
+
+DEFAULT_DIMENSIONS: tuple[DimensionSpec, ...] = tuple(
+    DimensionSpec(number, name, mib * MiB)
+    for number, (name, mib) in enumerate(
+        (
+            ("Emotion", 16),
+            ("Cognition", 16),
+            ("Intention", 16),
+            ("Social", 8),
+            ("Temporal", 8),
+            ("Philosophy", 16),
+            ("Technical", 12),
+            ("Creative", 8),
+            ("Ethical", 12),
+            ("Meta", 8),
+            ("Ecological", 8),
+            ("Positivity", 8),
+            ("Balance", 8),
+            ("Security", 4),
+        ),
+        start=1,
+    )
+)
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an int number of bytes, not {value!r}")
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, not {value}")
+    return value
+
+
+def _whole_pages(name: str, value: int) -> None:
+    if value % PAGE_SIZE:
+        raise ConfigError(
+            f"{name} must be a multiple of the page size ({PAGE_SIZE} bytes), not {value}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryConfig:
+    """What the manager maps and how it behaves. The defaults are the spec's.
+
+    The pool is what the dimensions leave of the limit: 280 − 148 = 132 MiB by default
+    (32 MiB user area + 100 MiB reserve).
+    """
+
+    limit: int = 280 * MiB
+    layer_size: int = 1 * MiB
+    dimensions: tuple[DimensionSpec, ...] = DEFAULT_DIMENSIONS
+    data_dir: Path | None = None
+    resident_limit: int | None = None
+    user_quota: int = 32 * MiB
+    prefault: bool = False
+    _by_id: dict[DimensionId, DimensionSpec] = field(
+        init=False, repr=False, compare=False, hash=False
+    )
+
+    def __post_init__(self) -> None:
+        limit = _positive_int("limit", self.limit)
+        layer = _positive_int("layer_size", self.layer_size)
+        _whole_pages("limit", limit)
+        _whole_pages("layer_size", layer)
+        dims = self.dimensions
+        if not isinstance(dims, tuple | list) or not dims:
+            raise ConfigError(f"dimensions must be a non-empty sequence, not {dims!r}")
+        if not all(isinstance(d, DimensionSpec) for d in dims):
+            raise ConfigError("dimensions must be DimensionSpec values")
+        by_id: dict[DimensionId, DimensionSpec] = {}
+        names: set[str] = set()
+        for spec in dims:
+            if spec.id in by_id:
+                raise ConfigError(f"dimension ids must be unique: {spec.id} appears twice")
+            if not isinstance(spec.name, str) or not spec.name.strip():
+                raise ConfigError(f"dimension {spec.id} needs a non-empty name")
+            if spec.name.lower() in names:
+                raise ConfigError(f"dimension names must be unique: {spec.name!r} appears twice")
+            size = _positive_int(f"size of dimension {spec.id}", spec.size)
+            if size % layer:
+                raise ConfigError(
+                    f"layer_size must divide every dimension: {spec.id} ({spec.name}) is "
+                    f"{size} bytes, not a multiple of {layer}"
+                )
+            by_id[spec.id] = spec
+            names.add(spec.name.lower())
+        total = sum(spec.size for spec in dims)
+        if total > limit:
+            raise ConfigError(
+                f"dimensions must fit in the limit: they need {total} bytes, the limit is {limit}"
+            )
+        if self.resident_limit is not None:
+            _positive_int("resident_limit", self.resident_limit)
+        if isinstance(self.user_quota, bool) or not isinstance(self.user_quota, int):
+            raise ConfigError(f"user_quota must be an int number of bytes, not {self.user_quota!r}")
+        if self.user_quota < 0:
+            raise ConfigError(f"user_quota must not be negative, not {self.user_quota}")
+        if not isinstance(self.prefault, bool):
+            raise ConfigError(f"prefault must be a bool, not {self.prefault!r}")
+        data_dir = self.data_dir
+        if data_dir is not None:
+            if not isinstance(data_dir, str | os.PathLike):
+                raise ConfigError(f"data_dir must be a path or None, not {data_dir!r}")
+            object.__setattr__(self, "data_dir", Path(data_dir))
+        object.__setattr__(self, "dimensions", tuple(sorted(dims, key=lambda d: d.id)))
+        object.__setattr__(self, "_by_id", by_id)
+
+    @property
+    def dimensions_size(self) -> int:
+        """Bytes of all dimension regions together."""
+        return sum(spec.size for spec in self.dimensions)
+
+    @property
+    def pool_size(self) -> int:
+        """Bytes of the budget left for the pool allocator."""
+        return self.limit - self.dimensions_size
+
+    @property
+    def effective_resident_limit(self) -> int:
+        """The cap on resident dimension data; the limit itself when none is set."""
+        return self.limit if self.resident_limit is None else self.resident_limit
+
+    def dimension(self, dimension: object) -> DimensionSpec:
+        """The spec of a dimension id, or ``UnknownDimension``."""
+        key = DimensionId(dimension)
+        try:
+            return self._by_id[key]
+        except KeyError:
+            known = ", ".join(str(d) for d in self._by_id)
+            raise UnknownDimension(f"no dimension {key} in this configuration ({known})") from None
+
+    def layer_count(self, dimension: object) -> int:
+        """Number of layers of a dimension."""
+        return self.dimension(dimension).size // self.layer_size

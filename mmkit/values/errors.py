@@ -1,0 +1,79 @@
+"""The error tree. Every error mmkit raises on purpose is an ``MmkitError``."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+
+class MmkitError(Exception):
+    """Base of every error mmkit raises."""
+
+
+class ConfigError(MmkitError, ValueError):
+    """A ``MemoryConfig`` that cannot work; the message names the rule and the values."""
+
+
+class InvalidId(MmkitError, ValueError):
+    """A dimension or layer id that is malformed (not a positive int, say)."""
+
+
+class UnknownDimension(MmkitError, LookupError):
+    """A well-formed dimension id that the configuration does not have."""
+
+
+class LayerOutOfRange(MmkitError, IndexError):
+    """A layer index past the end of its dimension."""
+
+
+class InvalidState(MmkitError):
+    """An operation the manager's current state does not allow (e.g. anything after close)."""
+
+
+class AlreadyLoaded(MmkitError):
+    """``load_dimension`` on a dimension that is loaded."""
+
+
+class NotLoaded(MmkitError):
+    """Access to a dimension that is not loaded, with no data directory to load it from."""
+
+
+class InvalidSource(MmkitError, ValueError):
+    """A load source of the wrong type or size."""
+
+
+class DataFileError(MmkitError):
+    """A dimension data file that is missing, unreadable or corrupt."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = Path(path)
+        self.problem = problem
+
+
+class NotABuffer(MmkitError, TypeError):
+    """An object that does not support the buffer protocol where one was needed."""
+
+
+class LimitExceeded(MmkitError, MemoryError):
+    """A request the budget cannot satisfy."""
+
+
+class OutOfMemory(MmkitError, MemoryError):
+    """The OS refused memory: ENOMEM, RLIMIT_AS, the commit limit, the lock limit."""
+
+
+class SystemCallFailed(MmkitError):
+    """A system call failed for a reason other than memory pressure."""
+
+
+_EXHAUSTION_ERRNOS = frozenset({errno.ENOMEM, errno.EAGAIN})
+
+
+def from_os_error(exc: OSError, action: str) -> MmkitError:
+    """Translate a failed system call into the ``MmkitError`` a caller can act on."""
+    exhausted = getattr(exc, "exhausted", exc.errno in _EXHAUSTION_ERRNOS)
+    kind = OutOfMemory if exhausted else SystemCallFailed
+    error = kind(f"{action}: {exc}")
+    error.__cause__ = exc
+    return error
