@@ -1,0 +1,65 @@
+"""mmkit: a fixed memory budget as named, page-aligned regions mapped straight from the OS.
+
+Layers, each importing only those before it: ``platform`` (the OS) → ``values`` (config,
+ids, errors, units) → ``views``, ``region``, ``storage`` → ``manager`` → ``system``, ``cli``.
+"""
+
+from __future__ import annotations
+
+from mmkit.manager import MmapManager, Stats
+from mmkit.region import Region
+from mmkit.storage import generate_dataset
+from mmkit.values.config import DEFAULT_DIMENSIONS, DimensionSpec, MemoryConfig
+from mmkit.values.errors import (
+    AlreadyLoaded,
+    ConfigError,
+    DataFileError,
+    InvalidId,
+    InvalidSource,
+    InvalidState,
+    LayerOutOfRange,
+    LimitExceeded,
+    MmkitError,
+    NotABuffer,
+    NotLoaded,
+    OutOfMemory,
+    SystemCallFailed,
+    UnknownDimension,
+)
+from mmkit.values.ids import DimensionId, LayerId
+from mmkit.values.state import ManagerState
+from mmkit.values.units import GiB, KiB, MiB
+from mmkit.views import address_of
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_DIMENSIONS",
+    "AlreadyLoaded",
+    "ConfigError",
+    "DataFileError",
+    "DimensionId",
+    "DimensionSpec",
+    "GiB",
+    "InvalidId",
+    "InvalidSource",
+    "InvalidState",
+    "KiB",
+    "LayerId",
+    "LayerOutOfRange",
+    "LimitExceeded",
+    "ManagerState",
+    "MemoryConfig",
+    "MiB",
+    "MmapManager",
+    "MmkitError",
+    "NotABuffer",
+    "NotLoaded",
+    "OutOfMemory",
+    "Region",
+    "Stats",
+    "SystemCallFailed",
+    "UnknownDimension",
+    "address_of",
+    "generate_dataset",
+]

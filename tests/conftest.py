@@ -1,0 +1,77 @@
+"""Shared fixtures: small configurations that keep the tests fast, and mapping probes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+
+from mmkit import DimensionSpec, MemoryConfig, MmapManager
+from mmkit.platform import PAGE_SIZE
+
+settings.register_profile("dev", deadline=None)
+settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
+settings.register_profile("nightly", deadline=None, max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def small_config(**overrides: object) -> MemoryConfig:
+    """Three small dimensions of page-sized layers inside a 64-page budget."""
+    fields: dict[str, object] = {
+        "limit": 64 * PAGE_SIZE,
+        "layer_size": PAGE_SIZE,
+        "dimensions": (
+            DimensionSpec(1, "Alpha", 4 * PAGE_SIZE),
+            DimensionSpec(2, "Beta", 2 * PAGE_SIZE),
+            DimensionSpec(3, "Gamma", 3 * PAGE_SIZE),
+        ),
+    }
+    fields.update(overrides)
+    return MemoryConfig(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def config() -> MemoryConfig:
+    return small_config()
+
+
+@pytest.fixture
+def manager(config: MemoryConfig) -> Iterator[MmapManager]:
+    with MmapManager(config) as mgr:
+        yield mgr
+
+
+def mappings() -> list[tuple[int, int]]:
+    """This process's mappings as (start, end), from /proc/self/maps."""
+    spans = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            start, end = line.split()[0].split("-")
+            spans.append((int(start, 16), int(end, 16)))
+    return spans
+
+
+def mapped_bytes_in(address: int, size: int) -> int:
+    """Bytes of [address, address+size) covered by any mapping of this process."""
+    end = address + size
+    return sum(max(0, min(end, e) - max(address, s)) for s, e in mappings())
+
+
+def run_python(code: str, *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a scenario in a fresh interpreter; the caller asserts on its exit code."""
+    return subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )
