@@ -6,14 +6,18 @@ ids, errors, units) → ``views``, ``region``, ``storage`` → ``manager`` → `
 
 from __future__ import annotations
 
-from mmkit.manager import MmapManager, Stats
+from mmkit.manager import DimensionStats, MmapManager, Stats
+from mmkit.pool import Block
 from mmkit.region import Region
 from mmkit.storage import generate_dataset
 from mmkit.values.config import DEFAULT_DIMENSIONS, DimensionSpec, MemoryConfig
 from mmkit.values.errors import (
     AlreadyLoaded,
+    BlockInUse,
     ConfigError,
     DataFileError,
+    InvalidArgument,
+    InvalidBlock,
     InvalidId,
     InvalidSource,
     InvalidState,
@@ -36,11 +40,16 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_DIMENSIONS",
     "AlreadyLoaded",
+    "Block",
+    "BlockInUse",
     "ConfigError",
     "DataFileError",
     "DimensionId",
     "DimensionSpec",
+    "DimensionStats",
     "GiB",
+    "InvalidArgument",
+    "InvalidBlock",
     "InvalidId",
     "InvalidSource",
     "InvalidState",

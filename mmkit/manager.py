@@ -19,15 +19,20 @@ from types import MappingProxyType, TracebackType
 
 from mmkit import storage
 from mmkit.platform import BACKEND, PlatformError, Protection, VirtualMemory
+from mmkit.pool import Block, BlockPin, PoolAllocator, PoolStats
 from mmkit.region import Layout, Region, Reservation, plan_layout
 from mmkit.values.config import DimensionSpec, MemoryConfig
 from mmkit.values.errors import (
     AlreadyLoaded,
+    BlockInUse,
     ConfigError,
+    InvalidArgument,
+    InvalidBlock,
     InvalidId,
     InvalidSource,
     InvalidState,
     LayerOutOfRange,
+    LimitExceeded,
     NotLoaded,
     from_os_error,
 )
@@ -63,6 +68,13 @@ class Stats:
     loaded: tuple[DimensionId, ...]
     pool_size: int
     pool_used: int
+    pool_free: int
+    pool_largest_free: int
+    pool_committed: int
+    pool_blocks: int
+    pool_block_bytes: int
+    fragmentation: float
+    owners: Mapping[str, int]
     dimensions: tuple[DimensionStats, ...]
 
 
@@ -72,6 +84,7 @@ class _Table:
 
     state: ManagerState
     layers: Mapping[DimensionId, tuple[memoryview, ...]]
+    open: bool
 
 
 class _Generation:
@@ -86,6 +99,7 @@ class _Generation:
 
 
 _Source = Path | memoryview | None
+_EMPTY_POOL = PoolStats(0, 0, 0, 0, 0, 0, 0)
 
 
 class MmapManager:
@@ -111,7 +125,11 @@ class MmapManager:
         self._regions: dict[DimensionId, Region] = {}
         self._generations: dict[DimensionId, _Generation] = {}
         self._committed = 0
-        self._table = _Table(ManagerState.UNINITIALIZED, MappingProxyType({}))
+        self._pool: PoolAllocator | None = None
+        self._blocks: dict[int, Block] = {}
+        self._owners: dict[str, int] = {}
+        self._token = object()
+        self._table = _Table(ManagerState.UNINITIALIZED, MappingProxyType({}), open=False)
         if initialize:
             self.initialize()
 
@@ -140,6 +158,9 @@ class MmapManager:
                 )
                 for spec, offset in layout.dimensions
             }
+            self._pool = PoolAllocator(
+                self._vm, reservation.address + layout.pool_offset, layout.pool_size
+            )
             self._publish(ManagerState.ALLOCATED, {})
 
     def close(self) -> None:
@@ -148,15 +169,27 @@ class MmapManager:
             if self._table.state is ManagerState.CLOSED:
                 return
             reservation = self._reservation
+            pool = self._pool
             pinned = _weak_generations(self._generations)
+            blocks = [weakref.ref(block) for block in self._blocks.values()]
             self._generations = {}
+            self._blocks = {}
+            self._owners = {}
+            self._pool = None
             self._reservation = None
             self._committed = 0
             self._publish(ManagerState.CLOSED, {})
-            if reservation is not None and any(ref() is not None for ref, _ in pinned):
-                for ref, region in pinned:
-                    if ref() is None:
-                        self._decommit_quietly(region)
+            if reservation is None:
+                return
+            live_blocks = any(ref() is not None for ref in blocks)
+            if not live_blocks and all(ref() is None for ref, _ in pinned):
+                return  # dropping ``reservation`` releases everything at once
+            for ref, region in pinned:
+                if ref() is None:
+                    self._decommit_quietly(region.address, region.size)
+            if pool is not None and not live_blocks:
+                for address, size in pool.committed_spans():
+                    self._decommit_quietly(address, size)
 
     def __enter__(self) -> MmapManager:
         return self
@@ -181,7 +214,7 @@ class MmapManager:
 
     def total_allocated(self) -> int:
         """Bytes of the budget mapped for this manager: the limit, from initialisation to close."""
-        return self._config.limit if self._table.state in _OPEN_STATES else 0
+        return self._config.limit if self._table.open else 0
 
     def regions(self) -> tuple[Region, ...]:
         """The dimension regions, in address order."""
@@ -220,15 +253,23 @@ class MmapManager:
                         )
                 except PlatformError as exc:
                     raise from_os_error(exc, "measuring resident memory") from None
+            pool = self._pool.stats() if self._pool is not None else _EMPTY_POOL
             return Stats(
                 state=table.state,
                 allocated=self.total_allocated(),
                 reserved=reservation.size if reservation is not None else 0,
-                committed=self._committed,
+                committed=self._committed + pool.committed,
                 resident=resident,
                 loaded=tuple(sorted(table.layers)),
-                pool_size=self._config.pool_size,
-                pool_used=0,
+                pool_size=pool.capacity,
+                pool_used=pool.used,
+                pool_free=pool.free,
+                pool_largest_free=pool.largest_free,
+                pool_committed=pool.committed,
+                pool_blocks=pool.blocks,
+                pool_block_bytes=pool.block_bytes,
+                fragmentation=pool.fragmentation,
+                owners=MappingProxyType(dict(self._owners)),
                 dimensions=tuple(dimensions),
             )
 
@@ -282,7 +323,7 @@ class MmapManager:
         try:
             self._vm.commit(region.address, region.size)
         except PlatformError as exc:
-            self._decommit_quietly(region)
+            self._decommit_quietly(region.address, region.size)
             raise from_os_error(
                 exc, f"committing {format_size(region.size)} for {spec.id}"
             ) from None
@@ -290,7 +331,7 @@ class MmapManager:
             self._fill(region, spec, source)
             self._vm.protect(region.address, region.size, Protection.READ)
         except BaseException as exc:
-            self._decommit_quietly(region)
+            self._decommit_quietly(region.address, region.size)
             if isinstance(exc, PlatformError):
                 raise from_os_error(exc, f"loading {spec.id}") from None
             raise
@@ -319,11 +360,11 @@ class MmapManager:
         finally:
             target.release()
 
-    def _decommit_quietly(self, region: Region) -> None:
-        # Called while handling another failure: that failure is what the caller needs
-        # to see; a span that stays committed is still inside the reservation.
+    def _decommit_quietly(self, address: int, size: int) -> None:
+        # Called while handling another failure, or at close: a span that stays committed
+        # is still inside the reservation and goes back to the OS with it.
         with contextlib.suppress(PlatformError):
-            self._vm.decommit(region.address, region.size)
+            self._vm.decommit(address, size)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -360,17 +401,84 @@ class MmapManager:
                 self._publish(ManagerState.ACTIVE, dict(table.layers))
             return self._table.layers[spec.id][layer.index][:]
 
+    # -- the pool -----------------------------------------------------------------------
+
+    def allocate(self, nbytes: int, *, owner: str | None = None) -> Block:
+        """A zeroed block of at least ``nbytes`` from the pool, drawn from ``owner``'s quota.
+
+        ``LimitExceeded`` (also a ``MemoryError``) when the pool or the quota cannot hold it.
+        """
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes <= 0:
+            raise InvalidArgument(f"allocate needs a positive int number of bytes, not {nbytes!r}")
+        if owner is not None and (not isinstance(owner, str) or not owner):
+            raise InvalidArgument(f"owner must be a non-empty str or None, not {owner!r}")
+        with self._lock:
+            self._require_open("allocate")
+            pool = self._pool
+            assert pool is not None
+            if owner is not None:
+                used = self._owners.get(owner, 0)
+                size = pool.block_size(nbytes)
+                quota = self._config.user_quota
+                if used + size > quota:
+                    raise LimitExceeded(
+                        f"owner {owner!r} cannot have {nbytes} more bytes (a block of {size}): "
+                        f"it uses {used} of its quota of {quota}"
+                    )
+            address, size = pool.allocate(nbytes)
+            block = Block(
+                address,
+                size,
+                nbytes,
+                owner=owner,
+                pin=BlockPin(self._reservation),
+                manager_id=self._token,
+            )
+            self._blocks[address] = block
+            if owner is not None:
+                self._owners[owner] = self._owners.get(owner, 0) + size
+            return block
+
+    def free(self, block: Block) -> None:
+        """Return a block to the pool; its bytes are zeroed before anyone else gets them.
+
+        ``block.view`` is released; any other view of the block (a slice of it, a numpy
+        array over it) makes ``free`` refuse with ``BlockInUse`` and change nothing.
+        """
+        if not isinstance(block, Block):
+            raise InvalidBlock(f"free needs a Block, not {type(block).__name__}")
+        with self._lock:
+            self._require_open("free")
+            if block.manager_id is not self._token:
+                raise InvalidBlock(f"block at {block.address:#x} belongs to another manager")
+            if self._blocks.get(block.address) is not block:
+                raise InvalidBlock(f"block at {block.address:#x} has already been freed")
+            if block.detach() is not None:
+                raise BlockInUse(
+                    f"block at {block.address:#x} still has views; release them before free"
+                )
+            pool = self._pool
+            assert pool is not None
+            del self._blocks[block.address]
+            pool.free(block.address)
+            if block.owner is not None:
+                left = self._owners[block.owner] - block.size
+                if left:
+                    self._owners[block.owner] = left
+                else:
+                    del self._owners[block.owner]
+
     # -- internals --------------------------------------------------------------------
 
     def _require_open(self, operation: str) -> None:
-        state = self._table.state
-        if state not in _OPEN_STATES:
-            raise InvalidState(f"{operation}: the manager is {state.value}")
+        table = self._table
+        if not table.open:
+            raise InvalidState(f"{operation}: the manager is {table.state.value}")
 
     def _publish(
         self, state: ManagerState, layers: dict[DimensionId, tuple[memoryview, ...]]
     ) -> None:
-        self._table = _Table(state, MappingProxyType(layers))
+        self._table = _Table(state, MappingProxyType(layers), open=state in _OPEN_STATES)
 
 
 def _weak_generations(

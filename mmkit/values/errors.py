@@ -38,6 +38,10 @@ class NotLoaded(MmkitError):
     """Access to a dimension that is not loaded, with no data directory to load it from."""
 
 
+class InvalidArgument(MmkitError, ValueError):
+    """An argument of the wrong type or value, such as a block size of zero."""
+
+
 class InvalidSource(MmkitError, ValueError):
     """A load source of the wrong type or size."""
 
@@ -53,6 +57,14 @@ class DataFileError(MmkitError):
 
 class NotABuffer(MmkitError, TypeError):
     """An object that does not support the buffer protocol where one was needed."""
+
+
+class InvalidBlock(MmkitError, ValueError):
+    """A block that is not live in this manager: freed already, or another manager's."""
+
+
+class BlockInUse(MmkitError, BufferError):
+    """``free`` of a block whose views are still held; release them first."""
 
 
 class LimitExceeded(MmkitError, MemoryError):

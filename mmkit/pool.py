@@ -1,0 +1,442 @@
+"""The pool allocator: dynamic blocks inside the budget, committed as they are needed.
+
+Two levels, as in most general-purpose allocators:
+
+- *pages*: best-fit over free page runs, kept by size (for the fit) and by both ends (so a
+  freed run merges with its free neighbours at once); after everything is freed the pool
+  is one free run again;
+- *slabs*: blocks smaller than a page come from 64 KiB slabs carved into one size class
+  each, popped from and pushed onto a free list in O(1).
+
+Size classes below a page step by 1/8 of each power of two, so a block wastes at most 1/9
+of itself on rounding; blocks of a page or more are whole, page-aligned pages.
+
+Physical memory follows use: pages are committed when a block first needs them, freed
+blocks are zeroed (so no owner ever sees another's bytes), and free pages beyond a small
+retained amount are decommitted, which gives their memory back to the OS.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import weakref
+from dataclasses import dataclass
+
+from mmkit.platform import PlatformError, VirtualMemory, align_up
+from mmkit.values.errors import InvalidBlock, LimitExceeded, from_os_error
+from mmkit.values.units import MiB, format_size
+from mmkit.views import scratch_view, span_view
+
+ALIGNMENT = 16
+SLAB_BYTES = 64 * 1024
+RETAINED_BYTES = 8 * MiB
+_ZEROS = memoryview(bytes(SLAB_BYTES))
+
+
+def size_classes(page_size: int) -> tuple[int, ...]:
+    """Block sizes below a page: multiples of 16 to 128, then 8 steps per power of two."""
+    classes = list(range(ALIGNMENT, 129, ALIGNMENT))
+    power = 128
+    while power < page_size:
+        step = power // 8
+        classes.extend(range(power + step, min(2 * power, page_size - 1) + 1, step))
+        power *= 2
+    return tuple(c for c in classes if c < page_size)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """The pool's accounting. ``used + free == capacity`` always holds."""
+
+    capacity: int
+    used: int
+    free: int
+    largest_free: int
+    committed: int
+    block_bytes: int
+    blocks: int
+
+    @property
+    def fragmentation(self) -> float:
+        """1 − largest free run / free bytes: 0 when the free space is one run."""
+        return 0.0 if self.free == 0 else 1.0 - self.largest_free / self.free
+
+
+class _Slab:
+    """One slab: a run of pages cut into items of one size class.
+
+    Items never handed out are taken in address order (``fresh``); freed ones are reused
+    first, last in first out (``free``), so making a slab costs nothing per item.
+    """
+
+    __slots__ = ("base", "capacity", "free", "fresh", "item", "klass", "live", "pages")
+
+    def __init__(self, base: int, pages: int, item: int, klass: int, capacity: int) -> None:
+        self.base = base
+        self.pages = pages
+        self.item = item
+        self.klass = klass
+        self.capacity = capacity
+        self.free: list[int] = []
+        self.fresh = 0
+        self.live = 0
+
+    def take(self) -> int:
+        self.live += 1
+        if self.free:
+            return self.free.pop()
+        address = self.base + self.fresh * self.item
+        self.fresh += 1
+        return address
+
+    @property
+    def full(self) -> bool:
+        return self.live == self.capacity
+
+
+class PoolAllocator:
+    """Hands out ``(address, size)`` spans of one region of a reservation.
+
+    Not thread-safe by itself: the manager calls it under its write lock.
+    """
+
+    def __init__(self, vm: VirtualMemory, base: int, capacity: int) -> None:
+        page = vm.page_size
+        if base % page or capacity % page:
+            raise ValueError("the pool must be whole pages")
+        self._vm = vm
+        self._page = page
+        self._base = base
+        self._capacity = capacity
+        self._pages = capacity // page
+        self._classes = size_classes(page)
+        self._class_of = self._class_table()
+        self._slab_pages = max(SLAB_BYTES, page) // page
+        self._free_at: dict[int, int] = {}
+        self._free_ending: dict[int, int] = {}
+        self._by_size: list[tuple[int, int]] = []
+        self._memory = scratch_view(base, capacity) if capacity else memoryview(b"")
+        self._committed = bytearray(self._pages)
+        self._committed_pages = 0
+        self._large: dict[int, int] = {}
+        self._slab_of_page: dict[int, _Slab] = {}
+        self._partial: list[list[_Slab]] = [[] for _ in self._classes]
+        self._used_pages = 0
+        self._empty_slabs = 0
+        self._block_bytes = 0
+        self._blocks = 0
+        if self._pages:
+            self._insert_free(0, self._pages)
+
+    # -- public -----------------------------------------------------------------------
+
+    def block_size(self, nbytes: int) -> int:
+        """The size of the block that a request of ``nbytes`` gets."""
+        if nbytes < self._page and nbytes <= self._classes[-1]:
+            return self._classes[self._class_of[(nbytes + ALIGNMENT - 1) // ALIGNMENT]]
+        return align_up(nbytes, self._page)
+
+    def allocate(self, nbytes: int) -> tuple[int, int]:
+        """A zeroed block of at least ``nbytes``; ``LimitExceeded`` when none fits."""
+        if nbytes <= 0:
+            raise ValueError("a block must have a positive size")
+        if nbytes <= self._classes[-1]:
+            klass = self._class_of[(nbytes + ALIGNMENT - 1) // ALIGNMENT]
+            address = self._allocate_small(klass, nbytes)
+            size = self._classes[klass]
+        else:
+            size = align_up(nbytes, self._page)
+            address = self._allocate_pages(size // self._page, nbytes)
+            self._large[address] = size
+        self._block_bytes += size
+        self._blocks += 1
+        return address, size
+
+    def free(self, address: int) -> None:
+        """Give a block back. The caller guarantees it is live and nothing can reach it."""
+        size = self._large.pop(address, None)
+        if size is not None:
+            self._free_pages(address, size // self._page)
+        else:
+            slab = self._slab_of_page[(address - self._base) // self._page]
+            size = slab.item
+            self._zero(address, size)
+            self._free_small(slab, address)
+        self._block_bytes -= size
+        self._blocks -= 1
+        if self._blocks == 0 and self._empty_slabs:
+            self._release_empty_slabs()
+        self._trim()
+
+    def owns(self, address: int) -> bool:
+        return self._base <= address < self._base + self._capacity
+
+    def stats(self) -> PoolStats:
+        page = self._page
+        free = self._pages - self._used_pages
+        largest = self._by_size[-1][0] if self._by_size else 0
+        return PoolStats(
+            capacity=self._capacity,
+            used=self._used_pages * page,
+            free=free * page,
+            largest_free=largest * page,
+            committed=self._committed_pages * page,
+            block_bytes=self._block_bytes,
+            blocks=self._blocks,
+        )
+
+    def committed_spans(self) -> list[tuple[int, int]]:
+        """The committed page runs, as (address, size), for releasing at close."""
+        spans = []
+        index = self._committed.find(1)
+        while index != -1:
+            end = self._committed.find(0, index)
+            end = self._pages if end == -1 else end
+            spans.append((self._base + index * self._page, (end - index) * self._page))
+            index = self._committed.find(1, end)
+        return spans
+
+    # -- small blocks -------------------------------------------------------------------
+
+    def _class_table(self) -> tuple[int, ...]:
+        table = []
+        klass = 0
+        for units in range(self._classes[-1] // ALIGNMENT + 1):
+            while self._classes[klass] < units * ALIGNMENT:
+                klass += 1
+            table.append(klass)
+        return tuple(table)
+
+    def _allocate_small(self, klass: int, nbytes: int) -> int:
+        partial = self._partial[klass]
+        if not partial:
+            item = self._classes[klass]
+            pages = self._slab_pages
+            base = self._allocate_pages(pages, nbytes)
+            slab = _Slab(base, pages, item, klass, pages * self._page // item)
+            first = (base - self._base) // self._page
+            for index in range(first, first + pages):
+                self._slab_of_page[index] = slab
+            partial.append(slab)
+        slab = partial[-1]
+        if slab.live == 0 and slab.fresh:
+            self._empty_slabs -= 1
+        address = slab.take()
+        if slab.full:
+            partial.pop()
+        return address
+
+    def _free_small(self, slab: _Slab, address: int) -> None:
+        partial = self._partial[slab.klass]
+        if slab.full:
+            partial.append(slab)
+        slab.free.append(address)
+        slab.live -= 1
+        if slab.live == 0:
+            if len(partial) > 1:
+                self._release_slab(slab)
+            else:
+                self._empty_slabs += 1
+
+    def _release_slab(self, slab: _Slab) -> None:
+        self._partial[slab.klass].remove(slab)
+        first = (slab.base - self._base) // self._page
+        for index in range(first, first + slab.pages):
+            del self._slab_of_page[index]
+        self._used_pages -= slab.pages
+        self._release_run(first, slab.pages)
+
+    def _release_empty_slabs(self) -> bool:
+        """Give back the one empty slab each class keeps for reuse; True if there was any."""
+        if not self._empty_slabs:
+            return False
+        empty = [slab for partial in self._partial for slab in partial if slab.live == 0]
+        for slab in empty:
+            self._release_slab(slab)
+        self._empty_slabs = 0
+        return True
+
+    # -- pages ----------------------------------------------------------------------
+
+    def _allocate_pages(self, count: int, nbytes: int) -> int:
+        by_size = self._by_size
+        slot = bisect.bisect_left(by_size, (count, -1))
+        if slot == len(by_size):
+            if not self._release_empty_slabs():
+                raise self._exhausted(nbytes)
+            slot = bisect.bisect_left(by_size, (count, -1))
+            if slot == len(by_size):
+                raise self._exhausted(nbytes)
+        run, start = by_size[slot]
+        self._remove_free(start, run)
+        if run > count:
+            self._insert_free(start + count, run - count)
+        committed = self._committed
+        if committed.find(0, start, start + count) != -1:
+            address = self._base + start * self._page
+            try:
+                self._vm.commit(address, count * self._page)
+            except PlatformError as exc:
+                self._release_run(start, count)
+                raise from_os_error(
+                    exc, f"committing {format_size(count * self._page)} of pool"
+                ) from None
+            self._committed_pages += committed.count(0, start, start + count)
+            committed[start : start + count] = b"\x01" * count
+        self._used_pages += count
+        return self._base + start * self._page
+
+    def _zero(self, address: int, size: int) -> None:
+        if size <= len(_ZEROS):
+            offset = address - self._base
+            self._memory[offset : offset + size] = _ZEROS[:size]
+        else:
+            ctypes.memset(address, 0, size)
+
+    def _free_pages(self, address: int, count: int) -> None:
+        self._zero(address, count * self._page)
+        self._used_pages -= count
+        self._release_run((address - self._base) // self._page, count)
+
+    def _release_run(self, start: int, count: int) -> None:
+        end = start + count
+        after = self._free_at.get(end)
+        if after is not None:
+            self._remove_free(end, after)
+            end += after
+        before = self._free_ending.get(start)
+        if before is not None:
+            self._remove_free(before, start - before)
+            start = before
+        self._insert_free(start, end - start)
+
+    def _insert_free(self, start: int, count: int) -> None:
+        self._free_at[start] = count
+        self._free_ending[start + count] = start
+        bisect.insort(self._by_size, (count, start))
+
+    def _remove_free(self, start: int, count: int) -> None:
+        del self._free_at[start]
+        del self._free_ending[start + count]
+        slot = bisect.bisect_left(self._by_size, (count, start))
+        del self._by_size[slot]
+
+    def _trim(self) -> None:
+        """Decommit free pages, largest runs first, while more than the retained amount is idle."""
+        idle = (self._committed_pages - self._used_pages) * self._page
+        if idle <= RETAINED_BYTES:
+            return
+        committed = self._committed
+        for count, start in reversed(self._by_size):
+            index = committed.find(1, start, start + count)
+            while index != -1:
+                end = committed.find(0, index, start + count)
+                end = start + count if end == -1 else end
+                try:
+                    self._vm.decommit(self._base + index * self._page, (end - index) * self._page)
+                except PlatformError:
+                    return  # still committed and zeroed: correct, only less frugal
+                committed[index:end] = bytes(end - index)
+                self._committed_pages -= end - index
+                idle -= (end - index) * self._page
+                if idle <= RETAINED_BYTES // 2:
+                    return
+                index = committed.find(1, end, start + count)
+
+    def _exhausted(self, nbytes: int) -> LimitExceeded:
+        stats = self.stats()
+        return LimitExceeded(
+            f"the pool cannot hold {nbytes} bytes "
+            f"(a block of {format_size(self.block_size(nbytes))}): "
+            f"{stats.free} bytes free, the largest free span is {stats.largest_free} bytes, "
+            f"capacity {stats.capacity}"
+        )
+
+
+class BlockPin:
+    """What a block's views hold on to: keeps the address space mapped while any exists."""
+
+    __slots__ = ("__weakref__", "reservation")
+
+    def __init__(self, reservation: object) -> None:
+        self.reservation = reservation
+
+
+class Block:
+    """A block of pool memory: ``address``, ``size`` (its size class), ``owner``, ``view``.
+
+    ``view`` is a writable ``memoryview`` over exactly the block's bytes, made on first use.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_pin",
+        "_view",
+        "address",
+        "manager_id",
+        "owner",
+        "requested",
+        "size",
+    )
+
+    def __init__(
+        self,
+        address: int,
+        size: int,
+        requested: int,
+        *,
+        owner: str | None,
+        pin: BlockPin,
+        manager_id: object,
+    ) -> None:
+        self.address = address
+        self.size = size
+        self.requested = requested
+        self.owner = owner
+        self.manager_id = manager_id
+        self._pin: BlockPin | None = pin
+        self._view: memoryview | None = None
+
+    @property
+    def freed(self) -> bool:
+        return self._pin is None
+
+    @property
+    def view(self) -> memoryview:
+        view = self._view
+        if view is None:
+            pin = self._pin
+            if pin is None:
+                raise InvalidBlock(f"block at {self.address:#x} has been freed")
+            view = self._view = span_view(self.address, self.size, pin, writable=True)
+        return view
+
+    def detach(self) -> BlockPin | None:
+        """Drop the block's own hold on its memory; return the pin if a caller's view still has it.
+
+        On a non-None return the block is unchanged (still live); the caller must refuse the free.
+        """
+        pin = self._pin
+        if pin is None:
+            raise InvalidBlock(f"block at {self.address:#x} has already been freed")
+        view = self._view
+        if view is not None:
+            try:
+                view.release()
+            except BufferError:
+                return pin
+        self._view = None
+        self._pin = None
+        alive = weakref.ref(pin)
+        del pin
+        pin = alive()
+        if pin is not None:
+            self._pin = pin
+            return pin
+        return None
+
+    def __repr__(self) -> str:
+        state = "freed" if self._pin is None else "live"
+        who = f" owner={self.owner!r}" if self.owner is not None else ""
+        return f"<Block {state} {self.address:#x} size={self.size}{who}>"
