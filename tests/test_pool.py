@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 
@@ -56,7 +57,7 @@ def test_size_classes_waste_at_most_a_ninth() -> None:
     assert classes == tuple(sorted(set(classes)))
     assert all(c % ALIGNMENT == 0 for c in classes)
     assert classes[-1] < PAGE_SIZE
-    for smaller, larger in zip(classes, classes[1:], strict=False):
+    for smaller, larger in itertools.pairwise(classes):
         if smaller >= 64:
             assert (larger - smaller - 1) / larger <= 0.25
 
@@ -207,7 +208,7 @@ def test_owner_quota() -> None:
         first = mgr.allocate(quota // 2, owner="alice")
         second = mgr.allocate(quota // 2, owner="alice")
         before = mgr.stats()
-        with pytest.raises(LimitExceeded, match="'alice'.*quota of") as caught:
+        with pytest.raises(LimitExceeded, match=r"'alice'.*quota of") as caught:
             mgr.allocate(16, owner="alice")
         assert str(quota) in str(caught.value)
         assert mgr.stats() == before
@@ -271,7 +272,7 @@ def test_the_block_view_itself_is_released_by_free(manager: MmapManager) -> None
     view = block.view
     manager.free(block)
     with pytest.raises(ValueError, match="released"):
-        view[0]  # noqa: B018
+        view[0]
 
 
 def test_block_views_outlive_their_manager() -> None:
@@ -392,7 +393,7 @@ class PoolMachine(RuleBasedStateMachine):
     def blocks_are_disjoint_aligned_and_inside(self) -> None:
         base, capacity = pool_region(self.mgr)
         spans = sorted((b.address, b.address + b.size) for b, _, _ in self.live.values())
-        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        for (_, end), (start, _) in itertools.pairwise(spans):
             assert end <= start
         for block, _, _ in self.live.values():
             assert base <= block.address and block.address + block.size <= base + capacity
