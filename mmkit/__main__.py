@@ -1,0 +1,7 @@
+"""``python -m mmkit``."""
+
+import sys
+
+from mmkit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,188 @@
+"""The command line: ``mmkit demo | generate | inspect``."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from mmkit import storage
+from mmkit.manager import MmapManager
+from mmkit.platform import user_cache_dir
+from mmkit.values.config import MemoryConfig
+from mmkit.values.errors import MmkitError
+from mmkit.values.ids import LayerId
+from mmkit.values.units import MiB, format_size
+
+DEMO_THREADS = 4
+DEMO_READS = 5000
+
+
+class UserError(Exception):
+    """A mistake on the command line: reported in one line, no traceback."""
+
+
+def _progress(label: str) -> storage.Progress | None:
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        end = "\n" if done >= total else ""
+        sys.stderr.write(
+            f"\r{label}: {done * 100 // max(total, 1):3d}% of {format_size(total)}{end}"
+        )
+        sys.stderr.flush()
+
+    return show
+
+
+def _dataset_ready(directory: Path, config: MemoryConfig) -> bool:
+    return all(storage.dimension_path(directory, spec).is_file() for spec in config.dimensions)
+
+
+def demo(args: argparse.Namespace) -> int:
+    directory = Path(args.data) if args.data else user_cache_dir() / "dataset-seed0"
+    config = MemoryConfig(data_dir=directory)
+    if not _dataset_ready(directory, config):
+        print(f"creating the default dataset in {directory}")
+        storage.generate_dataset(directory, config, progress=_progress("generating"))
+
+    started = time.perf_counter()
+    manager = MmapManager(config)
+    init_seconds = time.perf_counter() - started
+    with manager:
+        started = time.perf_counter()
+        for spec in config.dimensions:
+            manager.load_dimension(spec.id)
+        load_seconds = time.perf_counter() - started
+        expected = _expected_checksums(directory, config)
+        latencies, mismatches = _workload(manager, config, expected)
+        _print_regions(manager)
+        stats = manager.stats()
+        size = config.dimensions_size
+        print()
+        print(f"init            {init_seconds * 1e3:9.3f} ms  ({format_size(config.limit)} budget)")
+        print(
+            f"load + verify   {load_seconds * 1e3:9.1f} ms  "
+            f"({size / load_seconds / MiB:,.0f} MiB/s, {len(config.dimensions)} dimensions)"
+        )
+        print(
+            f"access_layer    p50 {_quantile(latencies, 0.50):,.0f} ns  "
+            f"p99 {_quantile(latencies, 0.99):,.0f} ns  "
+            f"({len(latencies):,} reads on {DEMO_THREADS} threads, {mismatches} mismatches)"
+        )
+        print(
+            f"memory          allocated {format_size(stats.allocated)}, "
+            f"committed {format_size(stats.committed)}, resident {format_size(stats.resident)}"
+        )
+    return 0 if mismatches == 0 else 1
+
+
+def _expected_checksums(directory: Path, config: MemoryConfig) -> dict[LayerId, int]:
+    expected: dict[LayerId, int] = {}
+    for spec in config.dimensions:
+        path = storage.dimension_path(directory, spec)
+        with open(path, "rb") as file:
+            header = storage.read_header(file, path)
+        for index, crc in enumerate(header.layer_checksums):
+            expected[LayerId(spec.id, index)] = crc
+    return expected
+
+
+def _workload(
+    manager: MmapManager, config: MemoryConfig, expected: dict[LayerId, int]
+) -> tuple[list[int], int]:
+    layers = list(expected)
+    latencies: list[list[int]] = [[] for _ in range(DEMO_THREADS)]
+    mismatches = [0] * DEMO_THREADS
+
+    def reader(slot: int) -> None:
+        rng = random.Random(slot)
+        clock = time.perf_counter_ns
+        timings = latencies[slot]
+        for _ in range(DEMO_READS):
+            layer = rng.choice(layers)
+            started = clock()
+            view = manager.access_layer(layer)
+            timings.append(clock() - started)
+            if zlib.crc32(view) != expected[layer]:
+                mismatches[slot] += 1
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in range(DEMO_THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [t for per_thread in latencies for t in per_thread], sum(mismatches)
+
+
+def _quantile(values: list[int], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
+
+
+def _print_regions(manager: MmapManager) -> None:
+    print(f"{'id':<4} {'name':<11} {'address':>16} {'size':>9} {'state':<8} {'resident':>10}")
+    for d in manager.stats().dimensions:
+        state = "loaded" if d.loaded else "reserved"
+        print(
+            f"{d.id!s:<4} {d.name:<11} {d.address:#16x} {format_size(d.size):>9} "
+            f"{state:<8} {format_size(d.resident):>10}"
+        )
+
+
+def generate(args: argparse.Namespace) -> int:
+    directory = Path(args.directory)
+    started = time.perf_counter()
+    paths = storage.generate_dataset(directory, seed=args.seed, progress=_progress("generating"))
+    seconds = time.perf_counter() - started
+    size = MemoryConfig().dimensions_size
+    for dimension, path in sorted(paths.items()):
+        print(f"{dimension}  {path}")
+    print(f"wrote {format_size(size)} in {seconds:.2f} s ({size / seconds / MiB:,.0f} MiB/s)")
+    return 0
+
+
+def inspect(args: argparse.Namespace) -> int:
+    report = storage.inspect_file(Path(args.file))
+    print(report.render())
+    return 0 if report.ok else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmkit", description="A fixed memory budget as page-aligned regions, served zero-copy."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("demo", help="load the default dataset and exercise it")
+    run.add_argument("--data", help="dataset directory (default: the user cache)")
+    run.set_defaults(handler=demo)
+    gen = commands.add_parser("generate", help="write the deterministic default dataset")
+    gen.add_argument("directory")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(handler=generate)
+    show = commands.add_parser("inspect", help="check one dimension data file")
+    show.add_argument("file")
+    show.set_defaults(handler=inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except (MmkitError, OSError, UserError) as exc:
+        print(f"mmkit: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mmkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
