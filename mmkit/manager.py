@@ -2,13 +2,15 @@
 
 Readers take no lock: ``access_layer`` reads ``self._table``, an immutable snapshot that
 writers replace whole, under ``self._lock``, with one reference assignment. Every view
-pins the generation of data it shows, and the generation pins the reservation, so memory
-goes back to the OS only when nothing can reach it.
+pins the memory it shows (``dimension.Pin``), and pins hold the reservation, so memory
+goes back to the OS, or to the pool, only when nothing can reach it. Writers reclaim
+retired memory whose pins have died (``_reap``) at the start of every write.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 import weakref
@@ -18,6 +20,7 @@ from pathlib import Path
 from types import MappingProxyType, TracebackType
 
 from mmkit import storage
+from mmkit.dimension import ZERO, LoadedDimension, Pin, Source
 from mmkit.platform import BACKEND, PlatformError, Protection, VirtualMemory
 from mmkit.pool import Block, BlockPin, PoolAllocator, PoolStats
 from mmkit.region import Layout, Region, Reservation, plan_layout
@@ -39,7 +42,7 @@ from mmkit.values.errors import (
 from mmkit.values.ids import DimensionId, LayerId
 from mmkit.values.state import ManagerState
 from mmkit.values.units import format_size
-from mmkit.views import scratch_view, span_view
+from mmkit.views import scratch_view
 
 _OPEN_STATES = frozenset({ManagerState.ALLOCATED, ManagerState.LOADED, ManagerState.ACTIVE})
 
@@ -58,7 +61,12 @@ class DimensionStats:
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """A snapshot of the manager's memory. ``resident`` is measured from the OS."""
+    """A snapshot of the manager's memory. ``resident`` figures are measured from the OS.
+
+    ``data`` is the dimension data the manager holds in memory (loaded regions and layer
+    copies); ``resident_limit`` caps it, softly: ``pinned`` is what the last attempt to
+    make room could not drop because readers held views of it.
+    """
 
     state: ManagerState
     allocated: int
@@ -66,6 +74,13 @@ class Stats:
     committed: int
     resident: int
     loaded: tuple[DimensionId, ...]
+    data: int
+    data_resident: int
+    resident_limit: int
+    pinned: int
+    evictions: int
+    reloads: int
+    layer_copies: int
     pool_size: int
     pool_used: int
     pool_free: int
@@ -77,6 +92,11 @@ class Stats:
     owners: Mapping[str, int]
     dimensions: tuple[DimensionStats, ...]
 
+    @property
+    def over_limit(self) -> int:
+        """Bytes of dimension data beyond ``resident_limit`` (held by readers' pins)."""
+        return max(0, self.data - self.resident_limit)
+
 
 @dataclass(frozen=True, slots=True)
 class _Table:
@@ -85,20 +105,10 @@ class _Table:
     state: ManagerState
     layers: Mapping[DimensionId, tuple[memoryview, ...]]
     open: bool
+    active: bool
 
 
-class _Generation:
-    """One loading of a dimension's bytes. Views pin it; it pins the address space."""
-
-    __slots__ = ("__weakref__", "region", "reservation", "source")
-
-    def __init__(self, reservation: Reservation, region: Region, source: Path | str) -> None:
-        self.reservation = reservation
-        self.region = region
-        self.source = source
-
-
-_Source = Path | memoryview | None
+_Fill = Path | memoryview | None
 _EMPTY_POOL = PoolStats(0, 0, 0, 0, 0, 0, 0)
 
 
@@ -123,13 +133,21 @@ class MmapManager:
         self._lock = threading.RLock()
         self._reservation: Reservation | None = None
         self._regions: dict[DimensionId, Region] = {}
-        self._generations: dict[DimensionId, _Generation] = {}
-        self._committed = 0
+        self._loaded: dict[DimensionId, LoadedDimension] = {}
+        self._evicted: dict[DimensionId, Source] = {}
+        self._retired: list[tuple[weakref.ref[Pin], int, int]] = []
+        self._data = 0
+        self._pinned = 0
+        self._evictions = 0
+        self._reloads = 0
+        self._tracked = config.resident_limit is not None
+        self._last_use: dict[DimensionId, int] = {}
+        self._ticks = itertools.count()
         self._pool: PoolAllocator | None = None
         self._blocks: dict[int, Block] = {}
         self._owners: dict[str, int] = {}
         self._token = object()
-        self._table = _Table(ManagerState.UNINITIALIZED, MappingProxyType({}), open=False)
+        self._table = _Table(ManagerState.UNINITIALIZED, MappingProxyType({}), False, False)
         if initialize:
             self.initialize()
 
@@ -170,24 +188,30 @@ class MmapManager:
                 return
             reservation = self._reservation
             pool = self._pool
-            pinned = _weak_generations(self._generations)
-            blocks = [weakref.ref(block) for block in self._blocks.values()]
-            self._generations = {}
+            regions = [(weakref.ref(d.base), d.region) for d in self._loaded.values() if d.base]
+            pool_pins: list[weakref.ref[Pin] | weakref.ref[Block]] = [
+                ref for ref, _, _ in self._retired
+            ]
+            pool_pins += [weakref.ref(pin) for pin in self._copies()]
+            pool_pins += [weakref.ref(block) for block in self._blocks.values()]
+            self._loaded = {}
+            self._evicted = {}
+            self._retired = []
             self._blocks = {}
             self._owners = {}
             self._pool = None
             self._reservation = None
-            self._committed = 0
+            self._data = 0
             self._publish(ManagerState.CLOSED, {})
             if reservation is None:
                 return
-            live_blocks = any(ref() is not None for ref in blocks)
-            if not live_blocks and all(ref() is None for ref, _ in pinned):
+            pool_held = any(ref() is not None for ref in pool_pins)
+            if not pool_held and all(ref() is None for ref, _ in regions):
                 return  # dropping ``reservation`` releases everything at once
-            for ref, region in pinned:
+            for ref, region in regions:
                 if ref() is None:
                     self._decommit_quietly(region.address, region.size)
-            if pool is not None and not live_blocks:
+            if pool is not None and not pool_held:
                 for address, size in pool.committed_spans():
                     self._decommit_quietly(address, size)
 
@@ -227,20 +251,22 @@ class MmapManager:
         return self._regions[self._config.dimension(dimension).id]
 
     def is_loaded(self, dimension: object) -> bool:
-        """Whether a dimension's bytes are loaded and published."""
+        """Whether a dimension's bytes are in memory and published (not evicted)."""
         return self._config.dimension(dimension).id in self._table.layers
 
     def stats(self) -> Stats:
-        """Allocated, committed and resident bytes, and what is loaded."""
+        """Allocated, committed and resident bytes, what is loaded, the pool, the cap."""
         with self._lock:
+            self._reap()
             table = self._table
             reservation = self._reservation
-            resident = 0
+            resident = data_resident = 0
             dimensions: list[DimensionStats] = []
             if reservation is not None:
                 try:
                     resident = self._vm.resident(reservation.address, reservation.size)
                     for region in self.regions():
+                        measured = self._vm.resident(region.address, region.size)
                         dimensions.append(
                             DimensionStats(
                                 region.id,
@@ -248,9 +274,12 @@ class MmapManager:
                                 region.address,
                                 region.size,
                                 region.id in table.layers,
-                                self._vm.resident(region.address, region.size),
+                                measured,
                             )
                         )
+                    data_resident = sum(d.resident for d in dimensions) + sum(
+                        self._vm.resident(pin.address, pin.size) for pin in self._copies()
+                    )
                 except PlatformError as exc:
                     raise from_os_error(exc, "measuring resident memory") from None
             pool = self._pool.stats() if self._pool is not None else _EMPTY_POOL
@@ -258,9 +287,16 @@ class MmapManager:
                 state=table.state,
                 allocated=self.total_allocated(),
                 reserved=reservation.size if reservation is not None else 0,
-                committed=self._committed + pool.committed,
+                committed=sum(d.region.size for d in self._loaded.values()) + pool.committed,
                 resident=resident,
                 loaded=tuple(sorted(table.layers)),
+                data=self._data,
+                data_resident=data_resident,
+                resident_limit=self._config.effective_resident_limit,
+                pinned=self._pinned,
+                evictions=self._evictions,
+                reloads=self._reloads,
+                layer_copies=sum(len(d.copies) for d in self._loaded.values()),
                 pool_size=pool.capacity,
                 pool_used=pool.used,
                 pool_free=pool.free,
@@ -275,13 +311,14 @@ class MmapManager:
 
     def __repr__(self) -> str:
         table = self._table
-        where = f" at {self._reservation.address:#x}" if self._reservation is not None else ""
+        reservation = self._reservation
+        where = f" at {reservation.address:#x}" if reservation is not None else ""
         return (
             f"<MmapManager {table.state.name} limit={format_size(self._config.limit)} "
             f"loaded={len(table.layers)}/{len(self._config.dimensions)}{where}>"
         )
 
-    # -- loading ----------------------------------------------------------------------
+    # -- loading and eviction ---------------------------------------------------------
 
     def load_dimension(self, dimension: object, source: object = None) -> None:
         """Load a dimension's bytes into its region.
@@ -290,13 +327,48 @@ class MmapManager:
         a path to a data file, or a bytes-like object of exactly the dimension's size.
         """
         with self._lock:
+            self._reap()
             self._require_open("load_dimension")
             spec = self._config.dimension(dimension)
-            if spec.id in self._generations:
+            if spec.id in self._loaded:
                 raise AlreadyLoaded(f"dimension {spec.id} ({spec.name}) is already loaded")
             self._load(spec, self._resolve_source(spec, source))
 
-    def _resolve_source(self, spec: DimensionSpec, source: object) -> _Source:
+    def evict(self, dimension: object) -> bool:
+        """Drop a dimension's bytes from memory if that loses nothing and no reader holds them.
+
+        True when its memory went back to the OS; the next access loads it again. False
+        when it is not loaded, cannot be reloaded as it is (loaded from bytes, or updated
+        and not saved since), or a reader holds a view of it.
+        """
+        with self._lock:
+            self._reap()
+            self._require_open("evict")
+            return self._evict(self._config.dimension(dimension).id)
+
+    def save_dimension(self, dimension: object, path: str | os.PathLike[str]) -> Path:
+        """Write a dimension's current bytes to a data file, atomically.
+
+        Afterwards the dimension can be dropped under memory pressure and reloaded from
+        that file, unless it is updated again first.
+        """
+        if not isinstance(path, str | os.PathLike):
+            raise InvalidArgument(f"save_dimension needs a path, not {type(path).__name__}")
+        target = Path(path)
+        with self._lock:
+            self._reap()
+            self._require_open("save_dimension")
+            spec = self._config.dimension(dimension)
+            loaded = self._ensure_loaded(spec)
+            views = loaded.views
+        storage.write_layers(target, spec, self._config.layer_size, views)
+        with self._lock:
+            if self._loaded.get(spec.id) is loaded and loaded.views is views:
+                loaded.source = target
+                loaded.dirty = False
+        return target
+
+    def _resolve_source(self, spec: DimensionSpec, source: object) -> _Fill:
         if source is None:
             data_dir = self._config.data_dir
             return None if data_dir is None else storage.dimension_path(data_dir, spec)
@@ -316,10 +388,28 @@ class MmapManager:
             )
         return data
 
-    def _load(self, spec: DimensionSpec, source: _Source) -> None:
+    def _ensure_loaded(self, spec: DimensionSpec) -> LoadedDimension:
+        """The loaded dimension, loading it again (evicted) or on demand (data_dir) if need be."""
+        loaded = self._loaded.get(spec.id)
+        if loaded is not None:
+            return loaded
+        if spec.id in self._evicted:
+            source = self._evicted[spec.id]
+            self._load(spec, None if source == ZERO else source)
+        elif self._config.data_dir is not None:
+            self._load(spec, self._resolve_source(spec, None))
+        else:
+            raise NotLoaded(
+                f"dimension {spec.id} ({spec.name}) is not loaded and there is no data_dir "
+                "to load it from"
+            )
+        return self._loaded[spec.id]
+
+    def _load(self, spec: DimensionSpec, fill: _Fill) -> None:
         region = self._regions[spec.id]
         reservation = self._reservation
         assert reservation is not None
+        self._make_room(region.size, keep=spec.id)
         try:
             self._vm.commit(region.address, region.size)
         except PlatformError as exc:
@@ -328,37 +418,96 @@ class MmapManager:
                 exc, f"committing {format_size(region.size)} for {spec.id}"
             ) from None
         try:
-            self._fill(region, spec, source)
+            self._fill(region, spec, fill)
             self._vm.protect(region.address, region.size, Protection.READ)
         except BaseException as exc:
             self._decommit_quietly(region.address, region.size)
             if isinstance(exc, PlatformError):
                 raise from_os_error(exc, f"loading {spec.id}") from None
             raise
-        kind = source if isinstance(source, Path) else ("bytes" if source is not None else "zero")
-        generation = _Generation(reservation, region, kind)
-        views = tuple(
-            span_view(region.layer_address(index), region.layer_size, generation)
-            for index in range(region.layer_count)
+        source: Source = fill if isinstance(fill, Path) else (ZERO if fill is None else None)
+        loaded = LoadedDimension(
+            spec, region, Pin(reservation, region.address, region.size), source
         )
-        self._generations[spec.id] = generation
-        self._committed += region.size
+        self._loaded[spec.id] = loaded
+        if self._evicted.pop(spec.id, None) is not None:
+            self._reloads += 1
+        self._data += region.size
+        self._last_use[spec.id] = next(self._ticks)
         state = self._table.state
-        layers = dict(self._table.layers)
-        layers[spec.id] = views
-        self._publish(ManagerState.LOADED if state is ManagerState.ALLOCATED else state, layers)
+        self._publish(
+            ManagerState.LOADED if state is ManagerState.ALLOCATED else state,
+            {**self._table.layers, spec.id: loaded.views},
+        )
 
-    def _fill(self, region: Region, spec: DimensionSpec, source: _Source) -> None:
-        if source is None:
+    def _fill(self, region: Region, spec: DimensionSpec, fill: _Fill) -> None:
+        if fill is None:
             return
         target = scratch_view(region.address, region.size)
         try:
-            if isinstance(source, Path):
-                storage.read_dimension(source, spec, region.layer_size, target)
+            if isinstance(fill, Path):
+                storage.read_dimension(fill, spec, region.layer_size, target)
             else:
-                target[:] = source
+                target[:] = fill
         finally:
             target.release()
+
+    def _evict(self, dimension: DimensionId) -> bool:
+        loaded = self._loaded.get(dimension)
+        if loaded is None or not loaded.reloadable:
+            return False
+        layers = dict(self._table.layers)
+        del layers[dimension]
+        views = self._table.layers[dimension]
+        self._publish(self._table.state, layers)
+        del views
+        if loaded.try_release() is not None:
+            self._publish(self._table.state, {**self._table.layers, dimension: loaded.views})
+            self._pinned += loaded.data_bytes
+            return False
+        region = loaded.region
+        try:
+            self._vm.decommit(region.address, region.size)
+        except PlatformError as exc:
+            with contextlib.suppress(PlatformError):
+                self._vm.protect(region.address, region.size, Protection.READ)
+            reservation = self._reservation
+            assert reservation is not None
+            loaded.base = Pin(reservation, region.address, region.size)
+            loaded.copies = {}
+            loaded.views = loaded._build_views()
+            self._publish(self._table.state, {**self._table.layers, dimension: loaded.views})
+            raise from_os_error(exc, f"evicting {dimension}") from None
+        del self._loaded[dimension]
+        self._evicted[dimension] = loaded.source
+        self._data -= region.size
+        self._evictions += 1
+        return True
+
+    def _make_room(self, size: int, *, keep: DimensionId) -> None:
+        """Under a resident limit, drop least recently used dimensions until ``size`` fits.
+
+        Only dimensions that can be reloaded as they are and that no reader holds go; when
+        those are not enough, the load goes ahead past the limit (it is soft against pins).
+        """
+        limit = self._config.resident_limit
+        if limit is None:
+            return
+        self._reap()
+        self._pinned = 0
+        over = self._data + size - limit
+        if over <= 0:
+            return
+        candidates = sorted(
+            (d for d, loaded in self._loaded.items() if d != keep and loaded.reloadable),
+            key=lambda d: self._last_use.get(d, -1),
+        )
+        for dimension in candidates:
+            freed = self._loaded[dimension].region.size
+            if self._evict(dimension):
+                over -= freed
+                if over <= 0:
+                    return
 
     def _decommit_quietly(self, address: int, size: int) -> None:
         # Called while handling another failure, or at close: a span that stays committed
@@ -366,40 +515,112 @@ class MmapManager:
         with contextlib.suppress(PlatformError):
             self._vm.decommit(address, size)
 
-    # -- reading ----------------------------------------------------------------------
+    # -- reading and updating -----------------------------------------------------------
 
     def access_layer(self, layer: LayerId) -> memoryview:
         """A read-only, zero-copy ``memoryview`` of one layer's bytes. Takes no lock."""
         table = self._table
-        if table.state is ManagerState.ACTIVE:
+        if table.active:
             try:
-                return table.layers[layer.dimension][layer.index][:]
+                view = table.layers[layer.dimension][layer.index][:]
             except (KeyError, IndexError, AttributeError):
                 pass
+            else:
+                if self._tracked:
+                    self._last_use[layer.dimension] = next(self._ticks)
+                return view
         return self._access_slow(layer)
 
     def _access_slow(self, layer: object) -> memoryview:
-        if not isinstance(layer, LayerId):
-            raise InvalidId(f"access_layer needs a LayerId, not {type(layer).__name__}")
         with self._lock:
-            self._require_open("access_layer")
-            spec = self._config.dimension(layer.dimension)
-            count = spec.size // self._config.layer_size
-            if layer.index >= count:
-                raise LayerOutOfRange(
-                    f"{spec.id} ({spec.name}) has {count} layers; there is no layer {layer.index}"
+            spec = self._check_layer("access_layer", layer)
+            assert isinstance(layer, LayerId)
+            loaded = self._ensure_loaded(spec)
+            if self._table.state is not ManagerState.ACTIVE:
+                self._publish(ManagerState.ACTIVE, dict(self._table.layers))
+            self._last_use[spec.id] = next(self._ticks)
+            return loaded.views[layer.index][:]
+
+    def update_layer(self, layer: LayerId, data: object) -> None:
+        """Publish new bytes for a layer (read-copy-update).
+
+        Views taken before keep the old bytes, whole and unchanged; accesses after see the
+        new ones. The copy lives in the pool; the old one goes back to it once its last
+        reader lets go.
+        """
+        with self._lock:
+            self._reap()
+            spec = self._check_layer("update_layer", layer)
+            assert isinstance(layer, LayerId)
+            size = self._config.layer_size
+            try:
+                source = memoryview(data).cast("B")  # type: ignore[arg-type]
+            except TypeError:
+                raise InvalidSource(
+                    f"update_layer needs a bytes-like object of {size} bytes, "
+                    f"not {type(data).__name__}"
+                ) from None
+            if source.nbytes != size:
+                raise InvalidSource(
+                    f"new bytes for {layer} are {source.nbytes} bytes; a layer is {size}"
                 )
-            if spec.id not in self._generations:
-                if self._config.data_dir is None:
-                    raise NotLoaded(
-                        f"dimension {spec.id} ({spec.name}) is not loaded and there is no "
-                        "data_dir to load it from"
-                    )
-                self._load(spec, self._resolve_source(spec, None))
-            table = self._table
-            if table.state is not ManagerState.ACTIVE:
-                self._publish(ManagerState.ACTIVE, dict(table.layers))
-            return self._table.layers[spec.id][layer.index][:]
+            loaded = self._ensure_loaded(spec)
+            self._make_room(size, keep=spec.id)
+            pool = self._pool
+            reservation = self._reservation
+            assert pool is not None and reservation is not None
+            address, block = pool.allocate(size)
+            try:
+                scratch = scratch_view(address, block)
+                scratch[:size] = source
+                scratch.release()
+                self._vm.protect(address, block, Protection.READ)
+            except BaseException as exc:
+                pool.free(address)
+                if isinstance(exc, PlatformError):
+                    raise from_os_error(exc, f"publishing {layer}") from None
+                raise
+            old = loaded.replace_layer(layer.index, Pin(reservation, address, block))
+            self._data += block
+            self._publish(self._table.state, {**self._table.layers, spec.id: loaded.views})
+            if old is not None:
+                self._retired.append((weakref.ref(old), old.address, old.size))
+                del old
+            self._reap()
+
+    def _check_layer(self, operation: str, layer: object) -> DimensionSpec:
+        if not isinstance(layer, LayerId):
+            raise InvalidId(f"{operation} needs a LayerId, not {type(layer).__name__}")
+        self._require_open(operation)
+        spec = self._config.dimension(layer.dimension)
+        count = spec.size // self._config.layer_size
+        if layer.index >= count:
+            raise LayerOutOfRange(
+                f"{spec.id} ({spec.name}) has {count} layers; there is no layer {layer.index}"
+            )
+        return spec
+
+    def _copies(self) -> list[Pin]:
+        return [pin for loaded in self._loaded.values() for pin in loaded.copies.values()]
+
+    def _reap(self) -> None:
+        """Give retired layer copies that no reader holds any more back to the pool."""
+        if not self._retired:
+            return
+        pool = self._pool
+        kept = []
+        for ref, address, size in self._retired:
+            if ref() is not None or pool is None:
+                kept.append((ref, address, size))
+                continue
+            try:
+                self._vm.protect(address, size, Protection.READ_WRITE)
+            except PlatformError:
+                kept.append((ref, address, size))
+                continue
+            pool.free(address)
+            self._data -= size
+        self._retired = kept
 
     # -- the pool -----------------------------------------------------------------------
 
@@ -413,6 +634,7 @@ class MmapManager:
         if owner is not None and (not isinstance(owner, str) or not owner):
             raise InvalidArgument(f"owner must be a non-empty str or None, not {owner!r}")
         with self._lock:
+            self._reap()
             self._require_open("allocate")
             pool = self._pool
             assert pool is not None
@@ -448,6 +670,7 @@ class MmapManager:
         if not isinstance(block, Block):
             raise InvalidBlock(f"free needs a Block, not {type(block).__name__}")
         with self._lock:
+            self._reap()
             self._require_open("free")
             if block.manager_id is not self._token:
                 raise InvalidBlock(f"block at {block.address:#x} belongs to another manager")
@@ -478,10 +701,9 @@ class MmapManager:
     def _publish(
         self, state: ManagerState, layers: dict[DimensionId, tuple[memoryview, ...]]
     ) -> None:
-        self._table = _Table(state, MappingProxyType(layers), open=state in _OPEN_STATES)
-
-
-def _weak_generations(
-    generations: dict[DimensionId, _Generation],
-) -> list[tuple[weakref.ref[_Generation], Region]]:
-    return [(weakref.ref(g), g.region) for g in generations.values()]
+        self._table = _Table(
+            state,
+            MappingProxyType(layers),
+            state in _OPEN_STATES,
+            state is ManagerState.ACTIVE,
+        )

@@ -16,11 +16,12 @@ LAYERS = {
     "mmkit.region": 3,
     "mmkit.storage": 3,
     "mmkit.pool": 3,
-    "mmkit.manager": 4,
-    "mmkit.system": 5,
-    "mmkit.cli": 6,
-    "mmkit.__main__": 7,
-    "mmkit": 7,
+    "mmkit.dimension": 4,
+    "mmkit.manager": 5,
+    "mmkit.system": 6,
+    "mmkit.cli": 7,
+    "mmkit.__main__": 8,
+    "mmkit": 8,
 }
 
 

@@ -378,5 +378,7 @@ def test_a_thousand_cycles_leave_no_trace() -> None:
     maps, size = len(mappings()), vm_size()
     for _ in range(1000):
         cycle()
-    assert len(mappings()) == maps
-    assert vm_size() == size
+    # One leaked cycle would be 300+ MiB and a mapping; the interpreter's own allocator
+    # moves the count and size by a little either way.
+    assert len(mappings()) <= maps
+    assert vm_size() <= size + 1024
