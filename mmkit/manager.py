@@ -165,6 +165,8 @@ class MmapManager:
                 raise from_os_error(
                     exc, f"reserving {format_size(layout.size)} of address space"
                 ) from None
+            if self._config.prefault:
+                self._prefault(reservation)
             self._reservation = reservation
             self._regions = {
                 spec.id: Region(
@@ -177,9 +179,26 @@ class MmapManager:
                 for spec, offset in layout.dimensions
             }
             self._pool = PoolAllocator(
-                self._vm, reservation.address + layout.pool_offset, layout.pool_size
+                self._vm,
+                reservation.address + layout.pool_offset,
+                layout.pool_size,
+                committed=self._config.prefault,
             )
             self._publish(ManagerState.ALLOCATED, {})
+
+    def _prefault(self, reservation: Reservation) -> None:
+        """Commit and touch every page of the budget now, so no later access faults."""
+        layout = self._layout
+        spans = [(offset, spec.size) for spec, offset in layout.dimensions]
+        if layout.pool_size:
+            spans.append((layout.pool_offset, layout.pool_size))
+        try:
+            for offset, size in spans:
+                address = reservation.address + offset
+                self._vm.commit(address, size)
+                self._vm.prefault(address, size)
+        except PlatformError as exc:
+            raise from_os_error(exc, f"prefaulting {format_size(self._config.limit)}") from None
 
     def close(self) -> None:
         """Give the memory back. Views still held keep their memory until they are gone."""
@@ -529,6 +548,7 @@ class MmapManager:
                 if self._tracked:
                     self._last_use[layer.dimension] = next(self._ticks)
                 return view
+        del table  # waiting for the lock with it would pin every view it holds
         return self._access_slow(layer)
 
     def _access_slow(self, layer: object) -> memoryview:

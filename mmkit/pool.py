@@ -101,7 +101,9 @@ class PoolAllocator:
     Not thread-safe by itself: the manager calls it under its write lock.
     """
 
-    def __init__(self, vm: VirtualMemory, base: int, capacity: int) -> None:
+    def __init__(
+        self, vm: VirtualMemory, base: int, capacity: int, *, committed: bool = False
+    ) -> None:
         page = vm.page_size
         if base % page or capacity % page:
             raise ValueError("the pool must be whole pages")
@@ -117,8 +119,8 @@ class PoolAllocator:
         self._free_ending: dict[int, int] = {}
         self._by_size: list[tuple[int, int]] = []
         self._memory = scratch_view(base, capacity) if capacity else memoryview(b"")
-        self._committed = bytearray(self._pages)
-        self._committed_pages = 0
+        self._committed = bytearray(b"\x01" * self._pages if committed else self._pages)
+        self._committed_pages = self._pages if committed else 0
         self._large: dict[int, int] = {}
         self._slab_of_page: dict[int, _Slab] = {}
         self._partial: list[list[_Slab]] = [[] for _ in self._classes]

@@ -232,7 +232,10 @@ def write_layers(
     path = Path(path)
     count = spec.size // layer_size
     offset = _payload_offset(count)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise DataFileError(path, f"cannot create a file beside it: {exc.strerror}") from None
     try:
         with open(fd, "wb", buffering=0) as file:
             file.seek(offset)
