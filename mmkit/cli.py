@@ -1,8 +1,9 @@
-"""The command line: ``mmkit demo | generate | inspect``."""
+"""The command line: ``mmkit demo | query | generate | inspect``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import statistics
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 from mmkit import storage
 from mmkit.manager import MmapManager
 from mmkit.platform import user_cache_dir
+from mmkit.system import ConsciousnessSystem
 from mmkit.values.config import MemoryConfig
 from mmkit.values.errors import MmkitError
 from mmkit.values.ids import LayerId
@@ -22,10 +24,6 @@ from mmkit.values.units import MiB, format_size
 
 DEMO_THREADS = 4
 DEMO_READS = 5000
-
-
-class UserError(Exception):
-    """A mistake on the command line: reported in one line, no traceback."""
 
 
 def _progress(label: str) -> storage.Progress | None:
@@ -136,6 +134,22 @@ def _print_regions(manager: MmapManager) -> None:
         )
 
 
+def query(args: argparse.Namespace) -> int:
+    directory = Path(args.data) if args.data else user_cache_dir() / "dataset-seed0"
+    limit = None if args.resident_limit is None else args.resident_limit * MiB
+    config = MemoryConfig(data_dir=directory, resident_limit=limit)
+    if not _dataset_ready(directory, config):
+        print(f"creating the default dataset in {directory}", file=sys.stderr)
+        storage.generate_dataset(directory, config, progress=_progress("generating"))
+    system = ConsciousnessSystem(config)
+    try:
+        response = asyncio.run(system.process_query(args.text))
+    finally:
+        system.close()
+    print(response.render())
+    return 0
+
+
 def generate(args: argparse.Namespace) -> int:
     directory = Path(args.directory)
     started = time.perf_counter()
@@ -166,6 +180,11 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("directory")
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(handler=generate)
+    ask = commands.add_parser("query", help="answer one query over the default dataset")
+    ask.add_argument("text")
+    ask.add_argument("--data", help="dataset directory (default: the user cache)")
+    ask.add_argument("--resident-limit", type=int, metavar="MIB", help="cap on resident data")
+    ask.set_defaults(handler=query)
     show = commands.add_parser("inspect", help="check one dimension data file")
     show.add_argument("file")
     show.set_defaults(handler=inspect)
@@ -176,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except (MmkitError, OSError, UserError) as exc:
+    except (MmkitError, OSError) as exc:
         print(f"mmkit: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
