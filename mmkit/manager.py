@@ -136,6 +136,7 @@ class MmapManager:
         self._loaded: dict[DimensionId, LoadedDimension] = {}
         self._evicted: dict[DimensionId, Source] = {}
         self._retired: list[tuple[weakref.ref[Pin], int, int]] = []
+        self._stray: dict[int, int] = {}
         self._data = 0
         self._pinned = 0
         self._evictions = 0
@@ -233,6 +234,7 @@ class MmapManager:
             if pool is not None and not pool_held:
                 for address, size in pool.committed_spans():
                     self._decommit_quietly(address, size)
+            self._stray = {}
 
     def __enter__(self) -> MmapManager:
         return self
@@ -429,6 +431,7 @@ class MmapManager:
         reservation = self._reservation
         assert reservation is not None
         self._make_room(region.size, keep=spec.id)
+        self._stray.pop(region.address, None)
         try:
             self._vm.commit(region.address, region.size)
         except PlatformError as exc:
@@ -529,10 +532,14 @@ class MmapManager:
                     return
 
     def _decommit_quietly(self, address: int, size: int) -> None:
-        # Called while handling another failure, or at close: a span that stays committed
-        # is still inside the reservation and goes back to the OS with it.
-        with contextlib.suppress(PlatformError):
+        """Decommit while handling another failure; if the OS refuses, retry at the next write.
+
+        A span that stays committed meanwhile is unpublished and inside the reservation.
+        """
+        try:
             self._vm.decommit(address, size)
+        except PlatformError:
+            self._stray[address] = size
 
     # -- reading and updating -----------------------------------------------------------
 
@@ -596,7 +603,7 @@ class MmapManager:
                 scratch.release()
                 self._vm.protect(address, block, Protection.READ)
             except BaseException as exc:
-                pool.free(address)
+                pool.rollback(address)
                 if isinstance(exc, PlatformError):
                     raise from_os_error(exc, f"publishing {layer}") from None
                 raise
@@ -624,7 +631,14 @@ class MmapManager:
         return [pin for loaded in self._loaded.values() for pin in loaded.copies.values()]
 
     def _reap(self) -> None:
-        """Give retired layer copies that no reader holds any more back to the pool."""
+        """Give back what is no longer used: retired layer copies, spans left committed."""
+        if self._reservation is None:
+            return  # closed: the address space may be someone else's by now
+        for address, size in list(self._stray.items()):
+            del self._stray[address]
+            self._decommit_quietly(address, size)
+        if self._pool is not None and self._pool.pending:
+            self._pool.retry()
         if not self._retired:
             return
         pool = self._pool

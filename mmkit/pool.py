@@ -126,6 +126,8 @@ class PoolAllocator:
         self._partial: list[list[_Slab]] = [[] for _ in self._classes]
         self._used_pages = 0
         self._empty_slabs = 0
+        self._undo: tuple[int, bytes] | None = None
+        self._pending: list[tuple[int, int]] = []
         self._block_bytes = 0
         self._blocks = 0
         if self._pages:
@@ -170,6 +172,48 @@ class PoolAllocator:
         if self._blocks == 0 and self._empty_slabs:
             self._release_empty_slabs()
         self._trim()
+
+    def rollback(self, address: int) -> None:
+        """Undo the allocation just made at ``address``, its commit included.
+
+        For a caller whose next step failed: the pool ends exactly as it was before.
+        """
+        undo = self._undo
+        self._undo = None
+        self.free(address)
+        if undo is None:
+            return
+        start, before = undo
+        index = before.find(0)
+        while index != -1:
+            end = before.find(1, index)
+            end = len(before) if end == -1 else end
+            self._pending.append((start + index, end - index))
+            index = before.find(0, end)
+        self.retry()
+
+    def retry(self) -> None:
+        """Decommit the spans a rollback could not, if they are still free and committed."""
+        pending, self._pending = self._pending, []
+        for first, count in pending:
+            free_run = self._free_ending.get(first + count)
+            inside = free_run is not None and free_run <= first
+            inside = inside or any(
+                s <= first and first + count <= s + n for s, n in self._free_at.items()
+            )
+            if not inside or self._committed.count(1, first, first + count) != count:
+                continue
+            try:
+                self._vm.decommit(self._base + first * self._page, count * self._page)
+            except PlatformError:
+                self._pending.append((first, count))
+                continue
+            self._committed[first : first + count] = bytes(count)
+            self._committed_pages -= count
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
 
     def owns(self, address: int) -> bool:
         return self._base <= address < self._base + self._capacity
@@ -275,6 +319,7 @@ class PoolAllocator:
         if run > count:
             self._insert_free(start + count, run - count)
         committed = self._committed
+        self._undo = None
         if committed.find(0, start, start + count) != -1:
             address = self._base + start * self._page
             try:
@@ -284,6 +329,7 @@ class PoolAllocator:
                 raise from_os_error(
                     exc, f"committing {format_size(count * self._page)} of pool"
                 ) from None
+            self._undo = (start, bytes(committed[start : start + count]))
             self._committed_pages += committed.count(0, start, start + count)
             committed[start : start + count] = b"\x01" * count
         self._used_pages += count

@@ -15,9 +15,17 @@ from hypothesis import settings
 from mmkit import DimensionSpec, MemoryConfig, MmapManager
 from mmkit.platform import PAGE_SIZE
 
-settings.register_profile("dev", deadline=None)
-settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
-settings.register_profile("nightly", deadline=None, max_examples=2000)
+# dev: quick and random; ci: derandomized (the same examples every run), within CI's time;
+# nightly: many more examples and longer stateful programs. Failing stateful runs print
+# the minimal program of calls, and ci/nightly also the blob to replay it.
+settings.register_profile("dev", deadline=None, max_examples=40, stateful_step_count=30)
+settings.register_profile(
+    "ci", deadline=None, derandomize=True, print_blob=True, max_examples=100,
+    stateful_step_count=40,
+)  # fmt: skip
+settings.register_profile(
+    "nightly", deadline=None, print_blob=True, max_examples=3000, stateful_step_count=100
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 ROOT = Path(__file__).resolve().parent.parent

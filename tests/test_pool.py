@@ -424,11 +424,7 @@ class PoolMachine(RuleBasedStateMachine):
 
 
 TestPoolMachine = PoolMachine.TestCase
-TestPoolMachine.settings = settings(
-    max_examples=60,
-    stateful_step_count=40,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+TestPoolMachine.settings = settings(suppress_health_check=[HealthCheck.too_slow])
 
 
 def test_block_is_exported() -> None:

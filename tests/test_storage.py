@@ -176,9 +176,7 @@ def test_header_rejects_a_long_name() -> None:
         encode_header(DimensionId(1), "x" * 65, LAYER, LAYER, [0])
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_mutation_is_rejected_cleanly(tmp_path: Path, data: st.DataObject) -> None:
     path = tmp_path / "m.mmkd"
