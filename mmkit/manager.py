@@ -414,17 +414,22 @@ class MmapManager:
         loaded = self._loaded.get(spec.id)
         if loaded is not None:
             return loaded
+        self._require_loadable(spec)
         if spec.id in self._evicted:
             source = self._evicted[spec.id]
             self._load(spec, None if source == ZERO else source)
-        elif self._config.data_dir is not None:
-            self._load(spec, self._resolve_source(spec, None))
         else:
+            self._load(spec, self._resolve_source(spec, None))
+        return self._loaded[spec.id]
+
+    def _require_loadable(self, spec: DimensionSpec) -> None:
+        """``NotLoaded`` unless the dimension is loaded or can be loaded without being told how."""
+        known = spec.id in self._loaded or spec.id in self._evicted
+        if not known and self._config.data_dir is None:
             raise NotLoaded(
                 f"dimension {spec.id} ({spec.name}) is not loaded and there is no data_dir "
                 "to load it from"
             )
-        return self._loaded[spec.id]
 
     def _load(self, spec: DimensionSpec, fill: _Fill) -> None:
         region = self._regions[spec.id]
@@ -591,13 +596,14 @@ class MmapManager:
                 raise InvalidSource(
                     f"new bytes for {layer} are {source.nbytes} bytes; a layer is {size}"
                 )
-            loaded = self._ensure_loaded(spec)
+            self._require_loadable(spec)
             self._make_room(size, keep=spec.id)
             pool = self._pool
             reservation = self._reservation
             assert pool is not None and reservation is not None
             address, block = pool.allocate(size)
             try:
+                loaded = self._ensure_loaded(spec)
                 scratch = scratch_view(address, block)
                 scratch[:size] = source
                 scratch.release()

@@ -114,7 +114,8 @@ class PoolAllocator:
         self._pages = capacity // page
         self._classes = size_classes(page)
         self._class_of = self._class_table()
-        self._slab_pages = max(SLAB_BYTES, page) // page
+        # A slab is at most an eighth of the pool, so a small pool still has room for blocks.
+        self._slab_pages = max(1, min(max(SLAB_BYTES, page) // page, self._pages // 8))
         self._free_at: dict[int, int] = {}
         self._free_ending: dict[int, int] = {}
         self._by_size: list[tuple[int, int]] = []
@@ -293,6 +294,26 @@ class PoolAllocator:
         self._used_pages -= slab.pages
         self._release_run(first, slab.pages)
 
+    def _largest_run_without_empty_slabs(self) -> int:
+        """The longest free run there would be if the cached empty slabs were given back."""
+        if not self._empty_slabs:
+            return self._by_size[-1][0] if self._by_size else 0
+        runs = dict(self._free_at)
+        empty = [s for partial in self._partial for s in partial if s.live == 0]
+        for slab in empty:
+            runs[(slab.base - self._base) // self._page] = slab.pages
+        largest = 0
+        for start in sorted(runs):
+            if start not in runs:
+                continue  # merged into the run before it
+            count = runs[start]
+            end = start + count
+            while end in runs:
+                count += runs.pop(end)
+                end = start + count
+            largest = max(largest, count)
+        return largest
+
     def _release_empty_slabs(self) -> bool:
         """Give back the one empty slab each class keeps for reuse; True if there was any."""
         if not self._empty_slabs:
@@ -309,11 +330,10 @@ class PoolAllocator:
         by_size = self._by_size
         slot = bisect.bisect_left(by_size, (count, -1))
         if slot == len(by_size):
-            if not self._release_empty_slabs():
+            if self._largest_run_without_empty_slabs() < count:
                 raise self._exhausted(nbytes)
+            self._release_empty_slabs()
             slot = bisect.bisect_left(by_size, (count, -1))
-            if slot == len(by_size):
-                raise self._exhausted(nbytes)
         run, start = by_size[slot]
         self._remove_free(start, run)
         if run > count:

@@ -20,8 +20,8 @@ from mmkit.platform import PAGE_SIZE
 # the minimal program of calls, and ci/nightly also the blob to replay it.
 settings.register_profile("dev", deadline=None, max_examples=40, stateful_step_count=30)
 settings.register_profile(
-    "ci", deadline=None, derandomize=True, print_blob=True, max_examples=100,
-    stateful_step_count=40,
+    "ci", deadline=None, derandomize=True, print_blob=True, max_examples=300,
+    stateful_step_count=50,
 )  # fmt: skip
 settings.register_profile(
     "nightly", deadline=None, print_blob=True, max_examples=3000, stateful_step_count=100
