@@ -1,4 +1,1 @@
-"""Benchmarks: mmkit against the stdlib doing the same job, as medians and ratios.
-
-Run ``python -m benchmarks --help``. Nothing here asserts on timing; goals are reported.
-"""
+"""Benchmarks of mmkit against the stdlib; the cases live in ``mmkit.bench``."""

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mmkit import storage
+from mmkit.bench import main as run_benchmarks
 from mmkit.manager import MmapManager
 from mmkit.platform import user_cache_dir
 from mmkit.system import ConsciousnessSystem
@@ -168,6 +169,10 @@ def inspect(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def bench(args: argparse.Namespace) -> int:
+    return run_benchmarks(args.arguments)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmkit", description="A fixed memory budget as page-aligned regions, served zero-copy."
@@ -185,6 +190,11 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--data", help="dataset directory (default: the user cache)")
     ask.add_argument("--resident-limit", type=int, metavar="MIB", help="cap on resident data")
     ask.set_defaults(handler=query)
+    measure = commands.add_parser(
+        "bench", help="measure mmkit against the stdlib (add --help for the cases)", add_help=False
+    )
+    measure.add_argument("arguments", nargs=argparse.REMAINDER)
+    measure.set_defaults(handler=bench)
     show = commands.add_parser("inspect", help="check one dimension data file")
     show.add_argument("file")
     show.set_defaults(handler=inspect)
@@ -192,7 +202,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.arguments = [*extra, *args.arguments]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.handler(args))
     except (MmkitError, OSError) as exc:

@@ -242,8 +242,9 @@ def read_header(file: BinaryIO, path: Path | str) -> FileHeader:
 
 
 def _open(path: Path | str) -> io.FileIO:
+    """Unbuffered, so ``readinto`` fills the caller's memory straight from the kernel."""
     try:
-        return open(path, "rb", buffering=0)
+        return io.FileIO(path, "rb")
     except OSError as exc:
         raise DataFileError(path, f"cannot open: {_reason(exc)}") from exc
 
@@ -265,8 +266,7 @@ def read_dimension(
 
     On failure the target's bytes are unspecified; the caller discards them.
     """
-    view = _writable_bytes(target, spec.size)
-    with _open(path) as file:
+    with _writable_bytes(target, spec.size) as view, _open(path) as file:
         header = read_header(file, path)
         if header.dimension != spec.id:
             raise DataFileError(path, f"holds dimension {header.dimension}, expected {spec.id}")
@@ -281,14 +281,14 @@ def read_dimension(
         try:
             file.seek(header.payload_offset)
             for index, stored in enumerate(header.layer_checksums):
-                layer = view[index * layer_size : (index + 1) * layer_size]
-                filled = 0
-                while filled < layer_size:
-                    got = file.readinto(layer[filled:])
-                    if not got:
-                        raise DataFileError(path, f"truncated while reading layer {index}")
-                    filled += got
-                computed = zlib.crc32(layer)
+                with view[index * layer_size : (index + 1) * layer_size] as layer:
+                    filled = 0
+                    while filled < layer_size:
+                        got = file.readinto(layer[filled:])
+                        if not got:
+                            raise DataFileError(path, f"truncated while reading layer {index}")
+                        filled += got
+                    computed = zlib.crc32(layer)
                 if computed != stored:
                     raise DataFileError(path, _mismatch(index, stored, computed))
         except OSError as exc:
@@ -328,9 +328,10 @@ def _create_temporary(path: Path) -> tuple[Path, BinaryIO]:
 
 
 def _write_all(file: BinaryIO, data: Buffer) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        view = view[file.write(view) :]
+    with memoryview(data) as raw, raw.cast("B") as view:
+        written = 0
+        while written < view.nbytes:
+            written += file.write(view[written:])
 
 
 def _stage(
@@ -359,13 +360,13 @@ def _stage(
         _write_all(file, bytes(_payload_offset(count)))
         checksums: list[int] = []
         for layer in layers:
-            data = memoryview(layer).cast("B")
-            if data.nbytes != layer_size:
-                raise ValueError(f"a layer is {data.nbytes} bytes, expected {layer_size}")
-            if len(checksums) == count:
-                raise ValueError(f"more than the {count} layers of {spec.id}")
-            checksums.append(zlib.crc32(data))
-            _write_all(file, data)
+            with memoryview(layer) as data:
+                if data.nbytes != layer_size:
+                    raise ValueError(f"a layer is {data.nbytes} bytes, expected {layer_size}")
+                if len(checksums) == count:
+                    raise ValueError(f"more than the {count} layers of {spec.id}")
+                checksums.append(zlib.crc32(data))
+                _write_all(file, data)
             if advance is not None:
                 advance(layer_size)
         if len(checksums) != count:
@@ -417,13 +418,14 @@ def write_layers(
 
 def write_dimension(path: Path | str, spec: DimensionSpec, layer_size: int, data: Buffer) -> Path:
     """Write a dimension file atomically from one buffer of exactly ``spec.size`` bytes."""
-    view = memoryview(data).cast("B")
-    if view.nbytes != spec.size:
-        raise ValueError(f"data is {view.nbytes} bytes, {spec.id} is {spec.size}")
-    if layer_size <= 0:
-        raise ValueError(f"layer size must be positive, not {layer_size}")
-    layers = (view[i : i + layer_size] for i in range(0, spec.size, layer_size))
-    return write_layers(path, spec, layer_size, layers)
+    with memoryview(data) as whole:
+        if whole.nbytes != spec.size:
+            raise ValueError(f"data is {whole.nbytes} bytes, {spec.id} is {spec.size}")
+        if layer_size <= 0:
+            raise ValueError(f"layer size must be positive, not {layer_size}")
+        with whole.cast("B") as view:
+            layers = (view[i : i + layer_size] for i in range(0, spec.size, layer_size))
+            return write_layers(path, spec, layer_size, layers)
 
 
 def _draw(label: str, nbytes: int) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -89,3 +90,15 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
         main(["frobnicate"])
     assert caught.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_bench_prints_every_case_as_a_ratio(tmp_path: Path) -> None:
+    report = tmp_path / "bench.json"
+    result = mmkit("bench", "--quick", "--repeat", "1", "--json", str(report))
+    assert result.returncode == 0, result.stderr
+    for row in ("access_layer vs memoryview slice", "pool allocate(4096)+free", "scan 16 MiB",
+                "load+verify 14 dims", "128 queries: p99", "memcpy", "page fault",
+                "scaling with the budget", "scaling with threads", "bookkeeping"):  # fmt: skip
+        assert row in result.stdout, row
+    rows = json.loads(report.read_text())["rows"]
+    assert all(row["mmkit_ns"] > 0 for row in rows)

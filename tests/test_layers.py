@@ -19,9 +19,10 @@ LAYERS = {
     "mmkit.dimension": 4,
     "mmkit.manager": 5,
     "mmkit.system": 6,
-    "mmkit.cli": 7,
-    "mmkit.__main__": 8,
-    "mmkit": 8,
+    "mmkit.bench": 7,
+    "mmkit.cli": 8,
+    "mmkit.__main__": 9,
+    "mmkit": 9,
 }
 
 

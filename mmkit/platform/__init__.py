@@ -5,7 +5,9 @@ This package is the only place that looks at ``sys.platform``.
 
 from __future__ import annotations
 
+import mmap
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -29,7 +31,10 @@ __all__ = [
     "VirtualMemory",
     "align_down",
     "align_up",
+    "describe_system",
     "is_power_of_two",
+    "populated_stdlib_map",
+    "transparent_huge_pages",
     "user_cache_dir",
 ]
 
@@ -54,6 +59,33 @@ def _make_backend() -> VirtualMemory:
 BACKEND: VirtualMemory = _make_backend()
 PAGE_SIZE: int = BACKEND.page_size
 GRANULARITY: int = BACKEND.granularity
+
+
+def describe_system() -> str:
+    """The OS, its release and the machine: ``Linux 6.18.44 x86_64``."""
+    return f"{platform.system()} {platform.release()} {platform.machine()}"
+
+
+def transparent_huge_pages() -> str:
+    """The kernel's THP mode (``always``, ``madvise``, ``never``), or ``n/a``."""
+    if not sys.platform.startswith("linux"):
+        return "n/a"
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return "n/a"
+    start, end = text.find("["), text.find("]")
+    return text[start + 1 : end] if 0 <= start < end else text.strip()
+
+
+def populated_stdlib_map(size: int) -> mmap.mmap | None:
+    """A stdlib anonymous map with every page populated, where the OS can (the benchmarks' peer)."""
+    if sys.platform == "win32":
+        return None
+    populate = getattr(mmap, "MAP_POPULATE", None)
+    if populate is None:
+        return None
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
 
 
 def user_cache_dir() -> Path:

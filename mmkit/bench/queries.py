@@ -7,29 +7,22 @@ import gc
 import mmap
 import os
 import statistics
-import sys
 import time
 import tracemalloc
 from pathlib import Path
 
-from benchmarks.data import Dataset
-from benchmarks.harness import Goal, Outcome, Row, Settings, table
-from mmkit import MemoryConfig, MiB, MmapManager
+from mmkit.bench.data import Dataset
+from mmkit.bench.harness import Goal, Outcome, Row, Settings, table
+from mmkit.manager import MmapManager
+from mmkit.system import ConsciousnessSystem
+from mmkit.values.config import MemoryConfig
+from mmkit.values.units import MiB
 
 CONCURRENCY = 128
 WORDS = (
     "feel", "think", "plan", "friend", "future", "meaning", "code", "music",
     "fair", "reflect", "climate", "hope", "calm", "threat", "memory", "idea",
 )  # fmt: skip
-
-
-def system_available() -> bool:
-    """Whether ``mmkit.system`` exists and imports (it is optional for the benchmarks)."""
-    try:
-        from mmkit.system import ConsciousnessSystem  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _texts(count: int) -> list[str]:
@@ -48,8 +41,6 @@ def _quantile(values: list[float], fraction: float) -> float:
 
 def queries(settings: Settings, data: Dataset) -> Outcome:
     """128 ``process_query`` calls at once via ``asyncio.gather``: throughput, p50 and p99."""
-    from mmkit.system import ConsciousnessSystem
-
     config = data.config()
     texts = _texts(CONCURRENCY)
     system = ConsciousnessSystem(config)
@@ -132,7 +123,7 @@ def _heap(config: MemoryConfig) -> tuple[int, int]:
 def rss(settings: Settings, data: Dataset) -> Outcome:
     """The manager's bookkeeping in RSS: after init, and after loading all data beyond its bytes."""
     if not Path("/proc/self/statm").exists():
-        return Outcome(text=f"rss: skipped (no /proc/self/statm on {sys.platform})")
+        return Outcome(text="rss: skipped (this system has no /proc/self/statm)")
     config = data.config()
     MmapManager(config).close()
     samples: dict[str, list[int]] = {"init": [], "loaded": [], "stdlib_loaded": []}

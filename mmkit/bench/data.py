@@ -7,7 +7,9 @@ import struct
 import tempfile
 from pathlib import Path
 
-from mmkit import DimensionId, MemoryConfig, generate_dataset
+from mmkit.storage import generate_dataset
+from mmkit.values.config import MemoryConfig
+from mmkit.values.ids import DimensionId
 
 HEADER = struct.Struct("<8sHHII64sQQIQ")
 """The fixed part of a data file's header (``specs/data-format.md``); the stdlib peers parse it."""

@@ -6,12 +6,11 @@ import mmap
 import os
 import platform
 import statistics
-import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import Settings, elapsed, gc_paused
+from mmkit.bench.harness import Settings, elapsed, gc_paused
+from mmkit.platform import describe_system, transparent_huge_pages
 
 MiB = 1024 * 1024
 PAGE = mmap.PAGESIZE
@@ -43,15 +42,6 @@ class Machine:
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _thp_mode() -> str:
-    try:
-        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
-    except OSError:
-        return "n/a"
-    start, end = text.find("["), text.find("]")
-    return text[start + 1 : end] if 0 <= start < end else text.strip()
 
 
 def memcpy_bandwidth(repeat: int) -> float:
@@ -94,10 +84,10 @@ def measure(settings: Settings) -> Machine:
     count = max(3, settings.scale(7, 3))
     return Machine(
         python=platform.python_version(),
-        system=f"{platform.system()} {platform.release()} {platform.machine()}",
+        system=describe_system(),
         cpus=os.cpu_count() or 1,
         page_size=PAGE,
-        thp=_thp_mode() if sys.platform.startswith("linux") else "n/a",
+        thp=transparent_huge_pages(),
         memcpy_gb_s=memcpy_bandwidth(count),
         fault_ns_per_page=fault_cost(count),
     )

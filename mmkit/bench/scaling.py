@@ -12,10 +12,13 @@ from itertools import repeat as forever
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cases import BUDGET, Access, per_call, slicer
-from benchmarks.data import Dataset
-from benchmarks.harness import Outcome, Settings, elapsed, interleave, repeat_one, table
-from mmkit import DEFAULT_DIMENSIONS, DimensionSpec, GiB, LayerId, MemoryConfig, MiB, MmapManager
+from mmkit.bench.cases import BUDGET, Access, per_call, slicer
+from mmkit.bench.data import Dataset
+from mmkit.bench.harness import Outcome, Settings, elapsed, interleave, repeat_one, table
+from mmkit.manager import MmapManager
+from mmkit.values.config import DEFAULT_DIMENSIONS, DimensionSpec, MemoryConfig
+from mmkit.values.ids import LayerId
+from mmkit.values.units import GiB, MiB
 
 BUDGETS = (64 * MiB, 256 * MiB, 1 * GiB, 2 * GiB)
 THREADS = (1, 2, 4, 16, 64, 128)

@@ -1,0 +1,113 @@
+"""mmkit against its stdlib peers: ``mmkit bench`` / ``python -m benchmarks``.
+
+``[case ...] [--repeat N] [--quick] [--json FILE] [--plot FILE]``: each case runs mmkit and
+the stdlib doing the same work interleaved in one process, and reports medians and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from mmkit.bench import cases, machine, queries, scaling
+from mmkit.bench.data import Dataset
+from mmkit.bench.harness import Outcome, Row, Settings, format_ns, table
+
+Case = Callable[[Settings, Dataset], Outcome]
+
+
+def _cases(plot: Path | None) -> dict[str, Case]:
+    found: dict[str, Case] = {
+        "access": cases.access,
+        "init": cases.init,
+        "load": cases.load,
+        "scan": cases.scan,
+        "pool": cases.pool,
+        "scaling": partial(scaling.scaling, plot=plot),
+    }
+    found["queries"] = queries.queries
+    found["rss"] = queries.rss
+    return found
+
+
+def _parser(names: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmkit bench",
+        description="mmkit against its stdlib peers, interleaved in one process; medians, ratios.",
+    )
+    parser.add_argument("cases", nargs="*", metavar="case", help=f"any of: {', '.join(names)}")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        help="samples per side (default 15, --quick 3; cheap cases take a multiple)",
+    )
+    parser.add_argument("--quick", action="store_true", help="less work: about a minute")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
+    parser.add_argument("--plot", type=Path, metavar="FILE", help="scaling SVG (matplotlib)")
+    return parser
+
+
+def _render(rows: list[Row]) -> str:
+    return table(
+        ("case", "mmkit", "peer", "ratio", "goal", "met?"),
+        [
+            (
+                row.case,
+                format_ns(row.mmkit),
+                format_ns(row.peer),
+                "—" if row.ratio is None else f"{row.ratio:.2f}",
+                "" if row.goal is None else str(row.goal),
+                {None: "", True: "yes", False: "NO"}[row.met],
+            )
+            for row in rows
+        ],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = list(_cases(None))
+    args = _parser(names).parse_args(argv)
+    unknown = [name for name in args.cases if name not in names]
+    if unknown:
+        _parser(names).error(f"unknown case(s): {', '.join(unknown)}; known: {', '.join(names)}")
+    if args.repeat is not None and args.repeat < 1:
+        _parser(names).error("--repeat must be at least 1")
+    repeat = args.repeat if args.repeat is not None else (3 if args.quick else 15)
+    settings = Settings(repeat=repeat, quick=args.quick)
+    chosen = _cases(args.plot)
+    selected = args.cases or list(chosen)
+    started = time.perf_counter()
+    print("measuring the machine…", file=sys.stderr, flush=True)
+    facts = machine.measure(settings)
+    data = Dataset()
+    outcomes: dict[str, Outcome] = {}
+    try:
+        for name in selected:
+            print(f"running {name}…", file=sys.stderr, flush=True)
+            outcomes[name] = chosen[name](settings, data)
+    finally:
+        data.cleanup()
+    took = time.perf_counter() - started
+    rows = [row for outcome in outcomes.values() for row in outcome.rows]
+    sections = [facts.render()]
+    if rows:
+        sections.append(_render(rows))
+    sections += [outcome.text for outcome in outcomes.values() if outcome.text]
+    kind = "quick" if args.quick else "full"
+    sections.append(f"{repeat} samples per side, {kind} run, {took:.0f} s")
+    print("\n\n".join(sections))
+    if args.json is not None:
+        report: dict[str, Any] = {
+            "settings": {"repeat": repeat, "quick": args.quick, "seconds": took},
+            "machine": facts.as_json(),
+            "rows": [row.as_json() for row in rows],
+            "details": {name: o.details for name, o in outcomes.items() if o.details},
+        }
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
