@@ -638,16 +638,18 @@ class MmapManager:
 
     def _reap(self) -> None:
         """Give back what is no longer used: retired layer copies, spans left committed."""
+        pool = self._pool
+        if not self._stray and not self._retired and (pool is None or not pool.pending):
+            return
         if self._reservation is None:
             return  # closed: the address space may be someone else's by now
         for address, size in list(self._stray.items()):
             del self._stray[address]
             self._decommit_quietly(address, size)
-        if self._pool is not None and self._pool.pending:
-            self._pool.retry()
+        if pool is not None and pool.pending:
+            pool.retry()
         if not self._retired:
             return
-        pool = self._pool
         kept = []
         for ref, address, size in self._retired:
             if ref() is not None or pool is None:

@@ -31,6 +31,8 @@ from mmkit.views import scratch_view, span_view
 ALIGNMENT = 16
 SLAB_BYTES = 64 * 1024
 RETAINED_BYTES = 8 * MiB
+QUICK_PAGES = 4
+QUICK_DEPTH = 32
 _ZEROS = memoryview(bytes(SLAB_BYTES))
 
 
@@ -128,6 +130,8 @@ class PoolAllocator:
         self._used_pages = 0
         self._empty_slabs = 0
         self._undo: tuple[int, bytes] | None = None
+        self._quick: list[list[int]] = [[] for _ in range(QUICK_PAGES + 1)]
+        self._quick_pages = 0
         self._pending: list[tuple[int, int]] = []
         self._block_bytes = 0
         self._blocks = 0
@@ -152,17 +156,25 @@ class PoolAllocator:
             size = self._classes[klass]
         else:
             size = align_up(nbytes, self._page)
-            address = self._allocate_pages(size // self._page, nbytes)
+            count = size // self._page
+            quick = self._quick[count] if count <= QUICK_PAGES else None
+            if quick:
+                address = self._base + quick.pop() * self._page
+                self._quick_pages -= count
+                self._used_pages += count
+                self._undo = None
+            else:
+                address = self._allocate_pages(count, nbytes)
             self._large[address] = size
         self._block_bytes += size
         self._blocks += 1
         return address, size
 
-    def free(self, address: int) -> None:
+    def free(self, address: int, *, cache: bool = True) -> None:
         """Give a block back. The caller guarantees it is live and nothing can reach it."""
         size = self._large.pop(address, None)
         if size is not None:
-            self._free_pages(address, size // self._page)
+            self._free_pages(address, size // self._page, cache=cache)
         else:
             slab = self._slab_of_page[(address - self._base) // self._page]
             size = slab.item
@@ -170,8 +182,6 @@ class PoolAllocator:
             self._free_small(slab, address)
         self._block_bytes -= size
         self._blocks -= 1
-        if self._blocks == 0 and self._empty_slabs:
-            self._release_empty_slabs()
         self._trim()
 
     def rollback(self, address: int) -> None:
@@ -181,7 +191,7 @@ class PoolAllocator:
         """
         undo = self._undo
         self._undo = None
-        self.free(address)
+        self.free(address, cache=False)
         if undo is None:
             return
         start, before = undo
@@ -220,13 +230,15 @@ class PoolAllocator:
         return self._base <= address < self._base + self._capacity
 
     def stats(self) -> PoolStats:
+        """The accounting, with the caches (empty slabs, recently freed runs) counted as free."""
         page = self._page
-        free = self._pages - self._used_pages
-        largest = self._by_size[-1][0] if self._by_size else 0
+        cached = sum(s.pages for partial in self._partial for s in partial if s.live == 0)
+        used = self._used_pages - cached
+        largest = self._largest_free_run()
         return PoolStats(
             capacity=self._capacity,
-            used=self._used_pages * page,
-            free=free * page,
+            used=used * page,
+            free=(self._pages - used) * page,
             largest_free=largest * page,
             committed=self._committed_pages * page,
             block_bytes=self._block_bytes,
@@ -294,14 +306,17 @@ class PoolAllocator:
         self._used_pages -= slab.pages
         self._release_run(first, slab.pages)
 
-    def _largest_run_without_empty_slabs(self) -> int:
-        """The longest free run there would be if the cached empty slabs were given back."""
-        if not self._empty_slabs:
+    def _largest_free_run(self) -> int:
+        """The longest free run, counting what the caches hold as given back (as they would be)."""
+        if not self._empty_slabs and not self._quick_pages:
             return self._by_size[-1][0] if self._by_size else 0
         runs = dict(self._free_at)
         empty = [s for partial in self._partial for s in partial if s.live == 0]
         for slab in empty:
             runs[(slab.base - self._base) // self._page] = slab.pages
+        for count, starts in enumerate(self._quick):
+            for start in starts:
+                runs[start] = count
         largest = 0
         for start in sorted(runs):
             if start not in runs:
@@ -313,6 +328,14 @@ class PoolAllocator:
                 end = start + count
             largest = max(largest, count)
         return largest
+
+    def _flush_caches(self) -> None:
+        """Give the cached empty slabs and recently freed runs back to the free runs."""
+        self._release_empty_slabs()
+        for count, starts in enumerate(self._quick):
+            while starts:
+                self._release_run(starts.pop(), count)
+        self._quick_pages = 0
 
     def _release_empty_slabs(self) -> bool:
         """Give back the one empty slab each class keeps for reuse; True if there was any."""
@@ -330,9 +353,9 @@ class PoolAllocator:
         by_size = self._by_size
         slot = bisect.bisect_left(by_size, (count, -1))
         if slot == len(by_size):
-            if self._largest_run_without_empty_slabs() < count:
+            if self._largest_free_run() < count:
                 raise self._exhausted(nbytes)
-            self._release_empty_slabs()
+            self._flush_caches()
             slot = bisect.bisect_left(by_size, (count, -1))
         run, start = by_size[slot]
         self._remove_free(start, run)
@@ -362,10 +385,15 @@ class PoolAllocator:
         else:
             ctypes.memset(address, 0, size)
 
-    def _free_pages(self, address: int, count: int) -> None:
+    def _free_pages(self, address: int, count: int, *, cache: bool = True) -> None:
         self._zero(address, count * self._page)
         self._used_pages -= count
-        self._release_run((address - self._base) // self._page, count)
+        start = (address - self._base) // self._page
+        if cache and count <= QUICK_PAGES and len(self._quick[count]) < QUICK_DEPTH:
+            self._quick[count].append(start)
+            self._quick_pages += count
+            return
+        self._release_run(start, count)
 
     def _release_run(self, start: int, count: int) -> None:
         end = start + count
