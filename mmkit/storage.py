@@ -17,9 +17,10 @@ import os
 import re
 import secrets
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -278,22 +279,47 @@ def read_dimension(
             raise DataFileError(
                 path, f"has layers of {header.layer_size} bytes, expected {layer_size}"
             )
+        checks: list[tuple[int, memoryview, Future[int]]] = []
         try:
             file.seek(header.payload_offset)
-            for index, stored in enumerate(header.layer_checksums):
-                with view[index * layer_size : (index + 1) * layer_size] as layer:
-                    filled = 0
-                    while filled < layer_size:
-                        got = file.readinto(layer[filled:])
-                        if not got:
-                            raise DataFileError(path, f"truncated while reading layer {index}")
-                        filled += got
-                    computed = zlib.crc32(layer)
-                if computed != stored:
-                    raise DataFileError(path, _mismatch(index, stored, computed))
+            for index in range(header.layer_count):
+                layer = view[index * layer_size : (index + 1) * layer_size]
+                filled = 0
+                while filled < layer_size:
+                    got = file.readinto(layer[filled:])
+                    if not got:
+                        layer.release()
+                        raise DataFileError(path, f"truncated while reading layer {index}")
+                    filled += got
+                checks.append((index, layer, _verifier().submit(zlib.crc32, layer)))
         except OSError as exc:
             raise DataFileError(path, f"read failed: {_reason(exc)}") from exc
+        finally:
+            # Every check must be over before the caller can see an error, since on one
+            # it takes the memory the checks are reading away.
+            wait([future for _, _, future in checks])
+            for _, layer, _ in checks:
+                layer.release()
+        for index, _, future in checks:
+            stored = header.layer_checksums[index]
+            computed = future.result()
+            if computed != stored:
+                raise DataFileError(path, _mismatch(index, stored, computed))
         return header
+
+
+_VERIFIERS: list[ThreadPoolExecutor] = []
+_VERIFIERS_LOCK = threading.Lock()
+
+
+def _verifier() -> ThreadPoolExecutor:
+    """Threads that check layers while the next ones are read (zlib releases the GIL)."""
+    with _VERIFIERS_LOCK:
+        if not _VERIFIERS:
+            _VERIFIERS.append(
+                ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="mmkit-verify")
+            )
+        return _VERIFIERS[0]
 
 
 @dataclass(slots=True)
