@@ -395,19 +395,9 @@ class MmapManager:
             return None if data_dir is None else storage.dimension_path(data_dir, spec)
         if isinstance(source, str | os.PathLike):
             return Path(source)
-        try:
-            data = memoryview(source).cast("B")  # type: ignore[arg-type]
-        except TypeError:
-            raise InvalidSource(
-                f"source for {spec.id} must be None, a path or a bytes-like object of "
-                f"{spec.size} bytes, not {type(source).__name__}"
-            ) from None
-        if data.nbytes != spec.size:
-            raise InvalidSource(
-                f"source for {spec.id} ({spec.name}) is {data.nbytes} bytes; "
-                f"the dimension is {spec.size} bytes"
-            )
-        return data
+        return _exact_bytes(
+            source, spec.size, f"source for {spec.id} ({spec.name})", "None, a path or "
+        )
 
     def _ensure_loaded(self, spec: DimensionSpec) -> LoadedDimension:
         """The loaded dimension, loading it again (evicted) or on demand (data_dir) if need be."""
@@ -585,17 +575,7 @@ class MmapManager:
             spec = self._check_layer("update_layer", layer)
             assert isinstance(layer, LayerId)
             size = self._config.layer_size
-            try:
-                source = memoryview(data).cast("B")  # type: ignore[arg-type]
-            except TypeError:
-                raise InvalidSource(
-                    f"update_layer needs a bytes-like object of {size} bytes, "
-                    f"not {type(data).__name__}"
-                ) from None
-            if source.nbytes != size:
-                raise InvalidSource(
-                    f"new bytes for {layer} are {source.nbytes} bytes; a layer is {size}"
-                )
+            source = _exact_bytes(data, size, f"new bytes for {layer}")
             self._require_loadable(spec)
             self._make_room(size, keep=spec.id)
             pool = self._pool
@@ -749,3 +729,17 @@ class MmapManager:
             state in _OPEN_STATES,
             state is ManagerState.ACTIVE,
         )
+
+
+def _exact_bytes(data: object, size: int, what: str, alternatives: str = "") -> memoryview:
+    """``data`` as a flat byte view of exactly ``size`` bytes, or ``InvalidSource``."""
+    try:
+        view = memoryview(data).cast("B")  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidSource(
+            f"{what} must be {alternatives}a bytes-like object of {size} bytes, "
+            f"not {type(data).__name__}"
+        ) from None
+    if view.nbytes != size:
+        raise InvalidSource(f"{what} is {view.nbytes} bytes; it must be {size} bytes")
+    return view

@@ -73,6 +73,15 @@ def mapped_bytes_in(address: int, size: int) -> int:
     return sum(max(0, min(end, e) - max(address, s)) for s, e in mappings())
 
 
+def vm_size_kib() -> int:
+    """This process's virtual size, from /proc/self/status."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmSize in /proc/self/status")
+
+
 def run_python(code: str, *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run a scenario in a fresh interpreter; the caller asserts on its exit code."""
     return subprocess.run(

@@ -28,7 +28,7 @@ from mmkit import (
     address_of,
 )
 from mmkit.platform import PAGE_SIZE
-from tests.conftest import mapped_bytes_in, mappings, small_config
+from tests.conftest import mapped_bytes_in, mappings, small_config, vm_size_kib
 
 
 def pattern(size: int, seed: int = 1) -> bytes:
@@ -362,23 +362,16 @@ def test_dropping_the_manager_releases_the_mapping(config: MemoryConfig) -> None
 
 
 def test_a_thousand_cycles_leave_no_trace() -> None:
-    def vm_size() -> int:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1])
-        raise AssertionError("no VmSize")
-
     def cycle() -> None:
         with MmapManager(MemoryConfig()) as mgr:
             mgr.load_dimension(14)
             mgr.access_layer(LayerId(14, 3))
 
     cycle()
-    maps, size = len(mappings()), vm_size()
+    maps, size = len(mappings()), vm_size_kib()
     for _ in range(1000):
         cycle()
     # One leaked cycle would be 300+ MiB and a mapping; the interpreter's own allocator
     # moves the count and size by a little either way.
     assert len(mappings()) <= maps
-    assert vm_size() <= size + 1024
+    assert vm_size_kib() <= size + 1024

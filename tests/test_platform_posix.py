@@ -22,7 +22,7 @@ from mmkit.platform.posix import (
     protection_flags,
     reserve_flags,
 )
-from tests.conftest import mapped_bytes_in, run_python
+from tests.conftest import mapped_bytes_in, run_python, vm_size_kib
 
 PAGE = BACKEND.page_size
 
@@ -97,14 +97,6 @@ def test_reserve_commits_nothing(span: tuple[int, int]) -> None:
     address, size = span
     assert mapped_bytes_in(address, size) == size
     assert BACKEND.resident(address, size) == 0
-
-
-def vm_size_kib() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmSize in /proc/self/status")
 
 
 def test_aligned_reservation_trims_the_excess() -> None:
