@@ -78,20 +78,40 @@ class LoadedDimension:
         object as it was, or None when nothing else did and the memory is free to go.
         """
         refs = [weakref.ref(pin) for pin in self.pins()]
-        copies = {index: weakref.ref(pin) for index, pin in self.copies.items()}
+        spans = self.copy_spans()
+        reservation = self.pins()[0].reservation
         self.views = ()
         self.base = None
         self.copies = {}
         held = [pin for ref in refs if (pin := ref()) is not None]
         if not held:
             return None
-        base = refs[0]()
-        if base is None:
-            base = Pin(held[0].reservation, self.region.address, self.region.size)
-        self.base = base
-        self.copies = {i: pin for i, ref in copies.items() if (pin := ref()) is not None}
-        self.views = self._build_views()
+        alive = {pin.address: pin for pin in held}
+        self.reattach(reservation, spans, alive)
         return held
+
+    def copy_spans(self) -> dict[int, tuple[int, int]]:
+        """The pool spans of the layer copies: layer index → (address, size)."""
+        return {index: (pin.address, pin.size) for index, pin in self.copies.items()}
+
+    def reattach(
+        self,
+        reservation: Reservation,
+        spans: dict[int, tuple[int, int]],
+        alive: dict[int, Pin] | None = None,
+    ) -> None:
+        """Publish the same memory again: live pins where there are, new ones where they died.
+
+        Nothing gave the memory away in between, so the bytes are the ones readers saw.
+        """
+        alive = alive or {}
+        region = self.region
+        self.base = alive.get(region.address) or Pin(reservation, region.address, region.size)
+        self.copies = {
+            index: alive.get(address) or Pin(reservation, address, size)
+            for index, (address, size) in spans.items()
+        }
+        self.views = self._build_views()
 
     def _build_views(self) -> tuple[memoryview, ...]:
         size = self.region.layer_size

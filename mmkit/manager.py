@@ -135,7 +135,8 @@ class MmapManager:
         self._regions: dict[DimensionId, Region] = {}
         self._loaded: dict[DimensionId, LoadedDimension] = {}
         self._evicted: dict[DimensionId, Source] = {}
-        self._retired: list[tuple[weakref.ref[Pin], int, int]] = []
+        # Layer copies no longer published: freed once their pin (if any) has died.
+        self._retired: list[tuple[weakref.ref[Pin] | None, int, int]] = []
         self._stray: dict[int, int] = {}
         self._data = 0
         self._pinned = 0
@@ -210,7 +211,7 @@ class MmapManager:
             pool = self._pool
             regions = [(weakref.ref(d.base), d.region) for d in self._loaded.values() if d.base]
             pool_pins: list[weakref.ref[Pin] | weakref.ref[Block]] = [
-                ref for ref, _, _ in self._retired
+                ref for ref, _, _ in self._retired if ref is not None
             ]
             pool_pins += [weakref.ref(pin) for pin in self._copies()]
             pool_pins += [weakref.ref(block) for block in self._blocks.values()]
@@ -478,6 +479,7 @@ class MmapManager:
         views = self._table.layers[dimension]
         self._publish(self._table.state, layers)
         del views
+        spans = loaded.copy_spans()
         if loaded.try_release() is not None:
             self._publish(self._table.state, {**self._table.layers, dimension: loaded.views})
             self._pinned += loaded.data_bytes
@@ -490,15 +492,15 @@ class MmapManager:
                 self._vm.protect(region.address, region.size, Protection.READ)
             reservation = self._reservation
             assert reservation is not None
-            loaded.base = Pin(reservation, region.address, region.size)
-            loaded.copies = {}
-            loaded.views = loaded._build_views()
+            loaded.reattach(reservation, spans)
             self._publish(self._table.state, {**self._table.layers, dimension: loaded.views})
             raise from_os_error(exc, f"evicting {dimension}") from None
         del self._loaded[dimension]
         self._evicted[dimension] = loaded.source
         self._data -= region.size
+        self._retired.extend((None, address, size) for address, size in spans.values())
         self._evictions += 1
+        self._reap()
         return True
 
     def _make_room(self, size: int, *, keep: DimensionId) -> None:
@@ -632,7 +634,7 @@ class MmapManager:
             return
         kept = []
         for ref, address, size in self._retired:
-            if ref() is not None or pool is None:
+            if (ref is not None and ref() is not None) or pool is None:
                 kept.append((ref, address, size))
                 continue
             try:

@@ -419,3 +419,28 @@ with MmapManager(small_config()) as mgr:
     if result.returncode == 77:
         pytest.skip("this process may lock memory past RLIMIT_MEMLOCK (CAP_IPC_LOCK)")
     assert result.returncode == 0, result.stderr
+
+
+def test_a_refused_eviction_keeps_the_updated_bytes(tmp_path: Path) -> None:
+    config = small_config()
+    with MmapManager(config) as mgr:
+        mgr.load_dimension(1)
+        mgr.update_layer(LayerId(1, 1), fill(5))
+        mgr.save_dimension(1, tmp_path / "one.mmkd")
+        held = mgr.access_layer(LayerId(1, 0))
+        assert not mgr.evict(1)
+        assert bytes(mgr.access_layer(LayerId(1, 1))) == fill(5)
+        del held
+        assert mgr.evict(1)
+        assert bytes(mgr.access_layer(LayerId(1, 1))) == fill(5)
+
+
+def test_evicting_a_dimension_frees_its_layer_copies(tmp_path: Path) -> None:
+    with MmapManager(small_config()) as mgr:
+        mgr.load_dimension(1)
+        for n in range(3 * mgr.stats().pool_size // PAGE_SIZE):
+            mgr.update_layer(LayerId(1, n % 4), fill(n % 251))
+            mgr.save_dimension(1, tmp_path / "one.mmkd")
+            assert mgr.evict(1)
+            stats = mgr.stats()
+            assert (stats.pool_used, stats.data, stats.layer_copies) == (0, 0, 0)
