@@ -132,12 +132,12 @@ def _thread_rows(settings: Settings) -> list[dict[str, float]]:
 
 
 def _plot(path: Path, budgets: list[dict[str, float]], threads: list[dict[str, float]]) -> bool:
-    """Write both curves as an SVG if matplotlib is importable; False when it is not."""
+    """Write both curves (SVG or PNG, by the name) if matplotlib is importable; else False."""
     try:
         matplotlib: Any = importlib.import_module("matplotlib")
     except ImportError:
         return False
-    matplotlib.use("svg")
+    matplotlib.use("Agg")
     pyplot: Any = importlib.import_module("matplotlib.pyplot")
     figure, (left, right) = pyplot.subplots(1, 2, figsize=(11, 4))
     sizes = [row["budget"] / MiB for row in budgets]
@@ -155,7 +155,7 @@ def _plot(path: Path, budgets: list[dict[str, float]], threads: list[dict[str, f
     right.set(xscale="log", xlabel="threads", ylabel="accesses/s", title="threads")
     right.legend()
     figure.tight_layout()
-    figure.savefig(path, format="svg")
+    figure.savefig(path)
     pyplot.close(figure)
     return True
 
