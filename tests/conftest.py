@@ -6,7 +6,8 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,15 @@ def mapped_bytes_in(address: int, size: int) -> int:
     """Bytes of [address, address+size) covered by any mapping of this process."""
     end = address + size
     return sum(max(0, min(end, e) - max(address, s)) for s, e in mappings())
+
+
+def run_threads(target: Callable[[int], object], count: int) -> None:
+    """Run ``target(n)`` for n in range(count) on as many threads, and wait for them all."""
+    threads = [threading.Thread(target=target, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def vm_size_kib() -> int:

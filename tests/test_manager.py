@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import threading
 import zlib
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from mmkit import (
     address_of,
 )
 from mmkit.platform import PAGE_SIZE
-from tests.conftest import mapped_bytes_in, mappings, small_config, vm_size_kib
+from tests.conftest import mapped_bytes_in, mappings, run_threads, small_config, vm_size_kib
 
 
 def pattern(size: int, seed: int = 1) -> bytes:
@@ -94,11 +93,7 @@ def test_concurrent_access(manager: MmapManager) -> None:
         for _ in range(200):
             results.append(zlib.crc32(manager.access_layer(LayerId(1, 0))))
 
-    threads = [threading.Thread(target=read) for _ in range(10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_threads(lambda _: read(), 10)
     assert results == [expected] * 2000
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import threading
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -34,7 +33,7 @@ from mmkit import (
 )
 from mmkit.platform import PAGE_SIZE
 from mmkit.pool import ALIGNMENT, RETAINED_BYTES, size_classes
-from tests.conftest import run_python, small_config
+from tests.conftest import run_python, run_threads, small_config
 
 POOL_PAGES = 512
 
@@ -322,11 +321,7 @@ def test_thirty_two_threads_allocating_and_freeing() -> None:
             for block, _ in mine:
                 mgr.free(block)
 
-        threads = [threading.Thread(target=worker, args=(n,)) for n in range(32)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        run_threads(worker, 32)
         assert not errors
         stats = mgr.stats()
         assert stats.pool_blocks == 0 and stats.pool_largest_free == stats.pool_size

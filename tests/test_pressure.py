@@ -29,7 +29,7 @@ from mmkit import (
 )
 from mmkit.platform import PAGE_SIZE
 from mmkit.storage import read_dimension
-from tests.conftest import ROOT, run_python, small_config
+from tests.conftest import ROOT, run_python, run_threads, small_config
 
 
 def fill(byte: int, size: int = PAGE_SIZE) -> bytes:
@@ -235,11 +235,7 @@ def test_many_threads_under_a_24_mib_cap(
                     failures.append(f"{layer}: {crc:#x}")
                 peak = max(peak, mgr._data)
 
-        threads = [threading.Thread(target=read, args=(n,)) for n in range(64)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        run_threads(read, 64)
         assert not failures
         stats = mgr.stats()
         assert stats.evictions > 0
