@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import functools
 import weakref
 from dataclasses import dataclass
 
@@ -36,6 +37,20 @@ QUICK_DEPTH = 32
 _ZEROS = memoryview(bytes(SLAB_BYTES))
 
 
+@functools.cache
+def class_table(page_size: int) -> tuple[int, ...]:
+    """For each multiple of 16 bytes up to the largest class: the index of its size class."""
+    classes = size_classes(page_size)
+    table = []
+    klass = 0
+    for units in range(classes[-1] // ALIGNMENT + 1):
+        while classes[klass] < units * ALIGNMENT:
+            klass += 1
+        table.append(klass)
+    return tuple(table)
+
+
+@functools.cache
 def size_classes(page_size: int) -> tuple[int, ...]:
     """Block sizes below a page: multiples of 16 to 128, then 8 steps per power of two."""
     classes = list(range(ALIGNMENT, 129, ALIGNMENT))
@@ -115,7 +130,7 @@ class PoolAllocator:
         self._capacity = capacity
         self._pages = capacity // page
         self._classes = size_classes(page)
-        self._class_of = self._class_table()
+        self._class_of = class_table(page)
         # A slab is at most an eighth of the pool, so a small pool still has room for blocks.
         self._slab_pages = max(1, min(max(SLAB_BYTES, page) // page, self._pages // 8))
         self._free_at: dict[int, int] = {}
@@ -257,15 +272,6 @@ class PoolAllocator:
         return spans
 
     # -- small blocks -------------------------------------------------------------------
-
-    def _class_table(self) -> tuple[int, ...]:
-        table = []
-        klass = 0
-        for units in range(self._classes[-1] // ALIGNMENT + 1):
-            while self._classes[klass] < units * ALIGNMENT:
-                klass += 1
-            table.append(klass)
-        return tuple(table)
 
     def _allocate_small(self, klass: int, nbytes: int) -> int:
         partial = self._partial[klass]
