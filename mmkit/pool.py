@@ -241,9 +241,6 @@ class PoolAllocator:
     def pending(self) -> bool:
         return bool(self._pending)
 
-    def owns(self, address: int) -> bool:
-        return self._base <= address < self._base + self._capacity
-
     def stats(self) -> PoolStats:
         """The accounting, with the caches (empty slabs, recently freed runs) counted as free."""
         page = self._page
