@@ -7,8 +7,8 @@ ids, errors, units) → ``views``, ``region``, ``storage`` → ``manager`` → `
 from __future__ import annotations
 
 from mmkit.manager import DimensionStats, MmapManager, Stats
-from mmkit.pool import Block
-from mmkit.region import Region
+from mmkit.memory.pool import Block
+from mmkit.memory.region import Region
 from mmkit.storage import generate_dataset
 from mmkit.values.config import DEFAULT_DIMENSIONS, DimensionSpec, MemoryConfig
 from mmkit.values.errors import (
@@ -33,7 +33,7 @@ from mmkit.values.errors import (
 from mmkit.values.ids import DimensionId, LayerId
 from mmkit.values.state import ManagerState
 from mmkit.values.units import GiB, KiB, MiB
-from mmkit.views import address_of
+from mmkit.memory.views import address_of
 
 __version__ = "0.1.0"
 

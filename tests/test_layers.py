@@ -12,17 +12,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mmkit"
 LAYERS = {
     "mmkit.platform": 0,
     "mmkit.values": 1,
-    "mmkit.views": 2,
-    "mmkit.region": 3,
-    "mmkit.storage": 3,
-    "mmkit.pool": 3,
-    "mmkit.dimension": 4,
-    "mmkit.manager": 5,
-    "mmkit.system": 6,
-    "mmkit.bench": 7,
-    "mmkit.cli": 8,
-    "mmkit.__main__": 9,
-    "mmkit": 9,
+    "mmkit.memory": 2,
+    "mmkit.storage": 2,
+    "mmkit.manager": 3,
+    "mmkit.system": 4,
+    "mmkit.bench": 5,
+    "mmkit.cli": 6,
+    "mmkit.__main__": 7,
+    "mmkit": 7,
 }
 
 

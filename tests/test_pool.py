@@ -32,7 +32,7 @@ from mmkit import (
     address_of,
 )
 from mmkit.platform import PAGE_SIZE
-from mmkit.pool import ALIGNMENT, RETAINED_BYTES, size_classes
+from mmkit.memory.pool import ALIGNMENT, RETAINED_BYTES, size_classes
 from tests.conftest import run_python, run_threads, small_config
 
 POOL_PAGES = 512

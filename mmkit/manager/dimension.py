@@ -11,9 +11,9 @@ import weakref
 from pathlib import Path
 from typing import Literal
 
-from mmkit.region import Region, Reservation
+from mmkit.memory.region import Region, Reservation
 from mmkit.values.config import DimensionSpec
-from mmkit.views import span_view
+from mmkit.memory.views import span_view
 
 ZERO: Literal["zero"] = "zero"
 Source = Path | Literal["zero"] | None

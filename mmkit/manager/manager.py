@@ -20,10 +20,10 @@ from pathlib import Path
 from types import MappingProxyType, TracebackType
 
 from mmkit import storage
-from mmkit.dimension import ZERO, LoadedDimension, Pin, Source
+from mmkit.manager.dimension import ZERO, LoadedDimension, Pin, Source
 from mmkit.platform import BACKEND, PlatformError, Protection, VirtualMemory
-from mmkit.pool import Block, BlockPin, PoolAllocator, PoolStats
-from mmkit.region import Layout, Region, Reservation, plan_layout
+from mmkit.memory.pool import Block, BlockPin, PoolAllocator, PoolStats
+from mmkit.memory.region import Layout, Region, Reservation, plan_layout
 from mmkit.values.config import DimensionSpec, MemoryConfig
 from mmkit.values.errors import (
     AlreadyLoaded,
@@ -42,7 +42,7 @@ from mmkit.values.errors import (
 from mmkit.values.ids import DimensionId, LayerId
 from mmkit.values.state import ManagerState
 from mmkit.values.units import format_size
-from mmkit.views import scratch_view
+from mmkit.memory.views import scratch_view
 
 _OPEN_STATES = frozenset({ManagerState.ALLOCATED, ManagerState.LOADED, ManagerState.ACTIVE})
 

@@ -1,0 +1,1 @@
+"""Memory: the reservation and its regions, leases over committed spans, and the pool."""
