@@ -9,6 +9,7 @@ from __future__ import annotations
 from mmkit.manager import DimensionStats, MmapManager, Stats
 from mmkit.memory.pool import Block
 from mmkit.memory.region import Region
+from mmkit.memory.views import address_of
 from mmkit.storage import generate_dataset
 from mmkit.values.config import DEFAULT_DIMENSIONS, DimensionSpec, MemoryConfig
 from mmkit.values.errors import (
@@ -33,7 +34,6 @@ from mmkit.values.errors import (
 from mmkit.values.ids import DimensionId, LayerId
 from mmkit.values.state import ManagerState
 from mmkit.values.units import GiB, KiB, MiB
-from mmkit.memory.views import address_of
 
 __version__ = "0.1.0"
 

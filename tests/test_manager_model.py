@@ -25,8 +25,8 @@ from hypothesis.stateful import (
 
 import mmkit
 from mmkit import Block, LayerId, ManagerState, MmapManager
-from mmkit.platform import PAGE_SIZE
 from mmkit.memory.pool import ALIGNMENT
+from mmkit.platform import PAGE_SIZE
 from tests.conftest import mapped_bytes_in, small_config
 
 CONFIG = small_config(limit=9 * PAGE_SIZE + 16 * PAGE_SIZE, user_quota=8 * PAGE_SIZE)

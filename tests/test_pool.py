@@ -31,8 +31,8 @@ from mmkit import (
     MmapManager,
     address_of,
 )
-from mmkit.platform import PAGE_SIZE
 from mmkit.memory.pool import ALIGNMENT, RETAINED_BYTES, size_classes
+from mmkit.platform import PAGE_SIZE
 from tests.conftest import run_python, run_threads, small_config
 
 POOL_PAGES = 512

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Literal
 
 from mmkit.memory.region import Region, Reservation
-from mmkit.values.config import DimensionSpec
 from mmkit.memory.views import span_view
+from mmkit.values.config import DimensionSpec
 
 ZERO: Literal["zero"] = "zero"
 Source = Path | Literal["zero"] | None

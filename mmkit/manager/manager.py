@@ -21,9 +21,10 @@ from types import MappingProxyType, TracebackType
 
 from mmkit import storage
 from mmkit.manager.dimension import ZERO, LoadedDimension, Pin, Source
-from mmkit.platform import BACKEND, PlatformError, Protection, VirtualMemory
 from mmkit.memory.pool import Block, BlockPin, PoolAllocator, PoolStats
 from mmkit.memory.region import Layout, Region, Reservation, plan_layout
+from mmkit.memory.views import scratch_view
+from mmkit.platform import BACKEND, PlatformError, Protection, VirtualMemory
 from mmkit.values.config import DimensionSpec, MemoryConfig
 from mmkit.values.errors import (
     AlreadyLoaded,
@@ -42,7 +43,6 @@ from mmkit.values.errors import (
 from mmkit.values.ids import DimensionId, LayerId
 from mmkit.values.state import ManagerState
 from mmkit.values.units import format_size
-from mmkit.memory.views import scratch_view
 
 _OPEN_STATES = frozenset({ManagerState.ALLOCATED, ManagerState.LOADED, ManagerState.ACTIVE})
 

@@ -24,10 +24,10 @@ import functools
 import weakref
 from dataclasses import dataclass
 
+from mmkit.memory.views import scratch_view, span_view
 from mmkit.platform import PlatformError, VirtualMemory, align_up
 from mmkit.values.errors import InvalidBlock, LimitExceeded, from_os_error
 from mmkit.values.units import MiB, format_size
-from mmkit.memory.views import scratch_view, span_view
 
 ALIGNMENT = 16
 SLAB_BYTES = 64 * 1024
