@@ -19,6 +19,7 @@ from mmkit.platform.posix import (
     aligned_trim,
     check_against_stdlib,
     count_resident,
+    near_map_limit,
     protection_flags,
     reserve_flags,
 )
@@ -45,7 +46,6 @@ def test_darwin_values_are_the_xnu_headers() -> None:
     assert DARWIN.map_fixed == 0x10
     assert DARWIN.map_private == 0x2
     assert DARWIN.madv_populate_write is None
-    assert DARWIN.decommit_by_remap
     assert reserve_flags(DARWIN) == 0x1042
     assert reserve_flags(LINUX) == 0x4022
     for advice, value in {
@@ -178,3 +178,93 @@ def test_touching_a_reservation_kills_only_a_child() -> None:
         """
     )
     assert result.returncode == -11
+
+
+def locked_kib() -> int:
+    """This process's locked memory, from /proc/self/status."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmLck:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmLck in /proc/self/status")
+
+
+def test_decommit_of_locked_pages_is_one_step(span: tuple[int, int]) -> None:
+    """madvise(MADV_DONTNEED) refuses locked pages; decommit gives them back, unlocked."""
+    import ctypes
+
+    address, size = span
+    BACKEND.commit(address, 4 * PAGE)
+    ctypes.memset(address, 0xCD, 4 * PAGE)
+    before = locked_kib()
+    BACKEND.lock(address, 4 * PAGE)
+    assert locked_kib() == before + 4 * PAGE // 1024
+    BACKEND.decommit(address, 4 * PAGE)
+    assert locked_kib() == before
+    assert BACKEND.resident(address, size) == 0
+    assert mapped_bytes_in(address, size) == size
+    BACKEND.commit(address, 4 * PAGE)
+    assert ctypes.string_at(address, 4 * PAGE) == bytes(4 * PAGE)
+
+
+def test_decommit_under_mlockall_future() -> None:
+    """With every future page locked (mlockall(MCL_FUTURE)), decommit still returns memory."""
+    result = run_python(
+        """
+        import ctypes, ctypes.util
+        from mmkit.platform import BACKEND
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.mlockall(2) == 0, ctypes.get_errno()  # MCL_FUTURE
+        page = BACKEND.page_size
+        address = BACKEND.reserve(16 * page)
+        BACKEND.commit(address, 8 * page)
+        ctypes.memset(address, 0x5A, 8 * page)
+        BACKEND.decommit(address, 8 * page)
+        assert BACKEND.resident(address, 16 * page) == 0
+        BACKEND.commit(address, 8 * page)
+        assert ctypes.string_at(address, 8 * page) == bytes(8 * page)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_near_map_limit() -> None:
+    assert near_map_limit(65530, 65530)
+    assert near_map_limit(65528, 65530)
+    assert not near_map_limit(65527, 65530)
+    assert not near_map_limit(300, 65530)
+
+
+def test_running_out_of_mappings_is_named() -> None:
+    """ENOMEM at the map count limit says so, and becomes OutOfMappings, not plain OutOfMemory."""
+    result = run_python(
+        """
+        import mmap
+        from mmkit.platform import BACKEND, PlatformError, Protection
+        from mmkit.values.errors import OutOfMappings, from_os_error
+        page = BACKEND.page_size
+        address = BACKEND.reserve(8 * page)
+        BACKEND.commit(address, 8 * page)
+        maps = []
+        try:
+            while True:  # alternate protections so the kernel cannot merge them
+                prot = mmap.PROT_READ if len(maps) % 2 else mmap.PROT_READ | mmap.PROT_WRITE
+                maps.append(mmap.mmap(-1, page, prot=prot))
+        except OSError:
+            pass
+        try:
+            BACKEND.protect(address + page, page, Protection.READ)
+        except PlatformError as exc:
+            assert exc.mappings, exc
+            error = from_os_error(exc, "publishing a layer")
+            assert isinstance(error, OutOfMappings), type(error)
+            assert isinstance(error, MemoryError)
+            assert "vm.max_map_count" in str(error), error
+        else:
+            raise AssertionError("protect succeeded at the map count limit")
+        del maps
+        BACKEND.protect(address + page, page, Protection.READ)
+        """,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr

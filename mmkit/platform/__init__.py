@@ -5,6 +5,7 @@ This package is the only place that looks at ``sys.platform``.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import platform
@@ -41,8 +42,9 @@ __all__ = [
 
 def _make_backend() -> VirtualMemory:
     if sys.platform == "win32":
-        from mmkit.platform.windows import WindowsMemory
+        from mmkit.platform.windows import WindowsMemory, require_64_bit
 
+        require_64_bit(ctypes.sizeof(ctypes.c_void_p))
         return WindowsMemory()
     if sys.platform == "darwin":
         from mmkit.platform.posix import DARWIN, PosixMemory

@@ -30,7 +30,8 @@ class PlatformError(OSError):
 
     ``exhausted`` is true when the OS refused for lack of a resource (memory, address space,
     commit charge, lockable pages), so the layers above can tell pressure from misuse without
-    knowing each OS's codes.
+    knowing each OS's codes; ``mappings`` when that resource is the process's count of memory
+    mappings (Linux ``vm.max_map_count``), which freeing memory elsewhere does not cure.
     """
 
     def __init__(
@@ -41,12 +42,14 @@ class PlatformError(OSError):
         reason: str,
         *,
         exhausted: bool,
+        mappings: bool = False,
         winerror: int | None = None,
     ) -> None:
         super().__init__(code, f"{call}({arguments}) failed: {reason}")
         self.call = call
         self.arguments = arguments
         self.exhausted = exhausted
+        self.mappings = mappings
         self.os_code = winerror if winerror is not None else code
 
 
@@ -76,7 +79,12 @@ class VirtualMemory(Protocol):
         ...
 
     def decommit(self, address: int, size: int) -> None:
-        """Return a span's physical memory and make it inaccessible again."""
+        """Return a span's physical memory and make it inaccessible again, in one step.
+
+        Afterwards the span reads as zero when next committed and holds no lock. If it fails,
+        the span's state is unknown (old bytes, or inaccessible): it must not be used again
+        until a later decommit of it succeeds.
+        """
         ...
 
     def protect(self, address: int, size: int, protection: Protection) -> None:

@@ -2,7 +2,14 @@
 
 One implementation, two constant tables: the numbers differ between the kernels in ways
 that silently lose data (macOS ``MADV_FREE`` is 5, Linux's 8 is macOS ``MADV_FREE_REUSE``),
-so nothing here is shared by value. Sources: ../shared/platform-facts.md §1–2.
+so nothing here is shared by value. The values come from each kernel's ``<sys/mman.h>``
+(Linux uapi asm-generic/mman-common.h, XNU bsd/sys/mman.h); ``check_against_stdlib`` compares
+them with the running interpreter's ``mmap`` module.
+
+Decommitting is one system call on both kernels: fresh ``PROT_NONE`` pages are mapped over
+the span with ``MAP_FIXED``. That drops the old pages and any ``mlock`` at once, so there is
+no state in which a span is inaccessible yet still counted as committed (``mprotect`` then
+``madvise(MADV_DONTNEED)`` has one, and ``MADV_DONTNEED`` fails with EINVAL on locked pages).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from mmkit.platform.base import Advice, PlatformError, Protection, align_up, che
 
 @dataclass(frozen=True)
 class PosixConstants:
-    """The numeric values one POSIX kernel uses, and how it decommits."""
+    """The numeric values one POSIX kernel uses."""
 
     os_name: str
     prot_none: int
@@ -33,10 +40,9 @@ class PosixConstants:
     map_anonymous: int
     map_noreserve: int
     advice: Mapping[Advice, int]
-    madv_dontneed: int
     madv_populate_write: int | None
-    decommit_by_remap: bool
     hugepage_size_file: str | None = None
+    max_map_count_file: str | None = None
     names: Mapping[int, str] = field(default_factory=dict)
 
 
@@ -59,15 +65,13 @@ LINUX = PosixConstants(
             Advice.HUGEPAGE: 14,
         }
     ),
-    madv_dontneed=4,
     madv_populate_write=23,
-    decommit_by_remap=False,
     hugepage_size_file="/sys/kernel/mm/transparent_hugepage/hpage_pmd_size",
+    max_map_count_file="/proc/sys/vm/max_map_count",
 )
 
 # macOS: MAP_ANON is 0x1000 (0x20 is MAP_RENAME), MAP_NORESERVE 0x40 is accepted and ignored,
-# there is no THP and no MADV_POPULATE_*, and MADV_DONTNEED keeps the contents, so a span
-# is decommitted by mapping fresh PROT_NONE pages over it.
+# there is no THP, no MADV_POPULATE_* and no map count limit to report.
 DARWIN = PosixConstants(
     os_name="darwin",
     prot_none=0x00,
@@ -86,9 +90,7 @@ DARWIN = PosixConstants(
             Advice.DONTNEED: 4,
         }
     ),
-    madv_dontneed=4,
     madv_populate_write=None,
-    decommit_by_remap=True,
 )
 
 _MAP_FAILED = ctypes.c_void_p(-1).value
@@ -137,15 +139,45 @@ def _page_size() -> int:
     return os.sysconf("SC_PAGE_SIZE")
 
 
-def _error(call: str, arguments: str) -> PlatformError:
+def _error(call: str, arguments: str, constants: PosixConstants | None = None) -> PlatformError:
     code = ctypes.get_errno()
+    reason = os.strerror(code)
+    mappings = False
+    if code == errno.ENOMEM and constants is not None:
+        counts = map_counts(constants)
+        if counts is not None and near_map_limit(*counts):
+            used, limit = counts
+            reason = f"the process has {used} memory mappings and vm.max_map_count is {limit}"
+            mappings = True
     return PlatformError(
         call,
         arguments,
         code,
-        os.strerror(code),
+        reason,
         exhausted=code in (errno.ENOMEM, errno.EAGAIN),
+        mappings=mappings,
     )
+
+
+def near_map_limit(used: int, limit: int) -> bool:
+    """Whether ENOMEM from a mapping call is the map count limit: one more split would pass it.
+
+    mprotect or a MAP_FIXED remap in the middle of a mapping can need two more entries.
+    """
+    return used + 2 >= limit
+
+
+def map_counts(constants: PosixConstants) -> tuple[int, int] | None:
+    """This process's mapping count and the kernel's limit on it, where the kernel has one."""
+    if constants.max_map_count_file is None:
+        return None
+    try:
+        limit = int(Path(constants.max_map_count_file).read_text())
+        with open("/proc/self/maps", "rb") as maps:
+            used = sum(chunk.count(b"\n") for chunk in iter(lambda: maps.read(1 << 16), b""))
+    except (OSError, ValueError):
+        return None
+    return used, limit
 
 
 class PosixMemory:
@@ -202,12 +234,13 @@ class PosixMemory:
     def _map(self, address: int | None, size: int, prot: int, flags: int) -> int:
         result = self._mmap(address, size, prot, flags, -1, 0)
         if result is None or result == _MAP_FAILED:
-            raise _error("mmap", f"{address or 0:#x}, {size}, {prot:#x}, {flags:#x}, -1, 0")
+            arguments = f"{address or 0:#x}, {size}, {prot:#x}, {flags:#x}, -1, 0"
+            raise _error("mmap", arguments, self.constants)
         return int(result)
 
     def _unmap(self, address: int, size: int) -> None:
         if self._munmap(address, size) != 0:
-            raise _error("munmap", f"{address:#x}, {size}")
+            raise _error("munmap", f"{address:#x}, {size}", self.constants)
 
     def reserve(self, size: int, alignment: int = 0) -> int:
         check_span("reserve", 0, size, self.page_size)
@@ -233,26 +266,21 @@ class PosixMemory:
     def decommit(self, address: int, size: int) -> None:
         check_span("decommit", address, size, self.page_size)
         constants = self.constants
-        if constants.decommit_by_remap:
-            flags = constants.map_fixed | reserve_flags(constants)
-            mapped = self._map(address, size, constants.prot_none, flags)
-            if mapped != address:
-                raise PlatformError(
-                    "mmap",
-                    f"{address:#x}, {size}, PROT_NONE, MAP_FIXED",
-                    errno.EINVAL,
-                    f"kernel placed the mapping at {mapped:#x}",
-                    exhausted=False,
-                )
-            return
-        self.protect(address, size, Protection.NONE)
-        if self._madvise(address, size, constants.madv_dontneed) != 0:
-            raise _error("madvise", f"{address:#x}, {size}, MADV_DONTNEED")
+        flags = constants.map_fixed | reserve_flags(constants)
+        mapped = self._map(address, size, constants.prot_none, flags)
+        if mapped != address:
+            raise PlatformError(
+                "mmap",
+                f"{address:#x}, {size}, PROT_NONE, MAP_FIXED",
+                errno.EINVAL,
+                f"kernel placed the mapping at {mapped:#x}",
+                exhausted=False,
+            )
 
     def protect(self, address: int, size: int, protection: Protection) -> None:
         check_span("protect", address, size, self.page_size)
         if self._mprotect(address, size, protection_flags(protection, self.constants)) != 0:
-            raise _error("mprotect", f"{address:#x}, {size}, {protection.name}")
+            raise _error("mprotect", f"{address:#x}, {size}, {protection.name}", self.constants)
 
     def advise(self, address: int, size: int, advice: Advice) -> bool:
         check_span("advise", address, size, self.page_size)
@@ -282,7 +310,7 @@ class PosixMemory:
     def lock(self, address: int, size: int) -> None:
         check_span("lock", address, size, self.page_size)
         if self._mlock(address, size) != 0:
-            raise _error("mlock", f"{address:#x}, {size}")
+            raise _error("mlock", f"{address:#x}, {size}", self.constants)
 
     def unlock(self, address: int, size: int) -> None:
         check_span("unlock", address, size, self.page_size)

@@ -1,7 +1,8 @@
 """Windows x64 backend: VirtualAlloc reservations and commits over kernel32, through ctypes.
 
 Importable everywhere so its pure helpers can be tested on any OS; only constructing
-``WindowsMemory`` needs Windows.
+``WindowsMemory`` needs Windows. The struct layouts and the ``"Q"`` working-set entries are
+those of 64-bit Windows; ``require_64_bit`` refuses a 32-bit interpreter before any is used.
 """
 
 from __future__ import annotations
@@ -380,6 +381,15 @@ class _Kernel32:
             except OSError:
                 return
             self.query_working_set_ex = _declare(psapi, "QueryWorkingSetEx", *query_signature)
+
+
+def require_64_bit(pointer_size: int) -> None:
+    """Refuse a 32-bit interpreter: the layouts here would misread its structs."""
+    if pointer_size != 8:
+        raise ImportError(
+            f"mmkit's Windows backend needs 64-bit Python; this interpreter's pointers are "
+            f"{pointer_size * 8}-bit"
+        )
 
 
 class WindowsMemory:

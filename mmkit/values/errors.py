@@ -75,6 +75,13 @@ class OutOfMemory(MmkitError, MemoryError):
     """The OS refused memory: ENOMEM, RLIMIT_AS, the commit limit, the lock limit."""
 
 
+class OutOfMappings(OutOfMemory):
+    """The OS refused because the process has as many memory mappings as it may have.
+
+    On Linux that limit is ``vm.max_map_count``; freeing memory does not help, unmapping does.
+    """
+
+
 class SystemCallFailed(MmkitError):
     """A system call failed for a reason other than memory pressure."""
 
@@ -85,7 +92,9 @@ _EXHAUSTION_ERRNOS = frozenset({errno.ENOMEM, errno.EAGAIN})
 def from_os_error(exc: OSError, action: str) -> MmkitError:
     """Translate a failed system call into the ``MmkitError`` a caller can act on."""
     exhausted = getattr(exc, "exhausted", exc.errno in _EXHAUSTION_ERRNOS)
-    kind = OutOfMemory if exhausted else SystemCallFailed
+    kind: type[MmkitError] = OutOfMemory if exhausted else SystemCallFailed
+    if getattr(exc, "mappings", False):
+        kind = OutOfMappings
     error = kind(f"{action}: {exc}")
     error.__cause__ = exc
     return error

@@ -290,3 +290,9 @@ def test_struct_offset_matches_x64(struct: type[ctypes.Structure], field: str, o
 def test_constructing_off_windows_raises_oserror() -> None:
     with pytest.raises(OSError, match="WindowsMemory needs Windows"):
         windows.WindowsMemory()
+
+
+def test_a_32_bit_interpreter_is_refused() -> None:
+    with pytest.raises(ImportError, match="64-bit Python"):
+        windows.require_64_bit(4)
+    windows.require_64_bit(8)
