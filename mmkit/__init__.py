@@ -7,7 +7,7 @@ ids, errors, units) → ``views``, ``region``, ``storage`` → ``manager`` → `
 from __future__ import annotations
 
 from mmkit.manager import DimensionStats, MmapManager, Stats
-from mmkit.memory.pool import Block
+from mmkit.memory.block import Block
 from mmkit.memory.region import Region
 from mmkit.memory.views import address_of
 from mmkit.storage import generate_dataset
@@ -26,6 +26,7 @@ from mmkit.values.errors import (
     LimitExceeded,
     MmkitError,
     NotABuffer,
+    NotCopyable,
     NotLoaded,
     OutOfMappings,
     OutOfMemory,
@@ -64,6 +65,7 @@ __all__ = [
     "MmapManager",
     "MmkitError",
     "NotABuffer",
+    "NotCopyable",
     "NotLoaded",
     "OutOfMappings",
     "OutOfMemory",

@@ -67,6 +67,25 @@ class BlockInUse(MmkitError, BufferError):
     """``free`` of a block whose views are still held; release them first."""
 
 
+class NotCopyable(MmkitError, TypeError):
+    """A copy or pickle of an object that owns memory of this process (a manager, a block)."""
+
+
+class OwnsMemory:
+    """A mixin for objects that own memory of this process: copying or pickling one refuses.
+
+    A copy would be a second owner of the same pages; closing either would pull the memory
+    from under the other.
+    """
+
+    __slots__ = ()
+
+    def __reduce_ex__(self, protocol: object) -> str | tuple[object, ...]:
+        raise NotCopyable(
+            f"a {type(self).__name__} owns memory of this process; it cannot be copied or pickled"
+        )
+
+
 class LimitExceeded(MmkitError, MemoryError):
     """A request the budget cannot satisfy."""
 

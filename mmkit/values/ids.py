@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
 
 from mmkit.values.errors import InvalidId
 
@@ -37,16 +36,31 @@ class DimensionId(int):
         return f"D{int(self):02d}"
 
 
-@dataclass(frozen=True, slots=True)
-class LayerId:
-    """Layer ``index`` (0-based) of ``dimension``."""
+class LayerId(tuple[DimensionId, int]):
+    """Layer ``index`` (0-based) of ``dimension``: an immutable, validated pair.
 
-    dimension: DimensionId
-    index: int
+    A tuple underneath, so it hashes and compares at C speed as a table key and cannot be
+    changed after it was checked.
+    """
 
-    def __init__(self, dimension: object, index: object) -> None:
-        object.__setattr__(self, "dimension", DimensionId(dimension))
-        object.__setattr__(self, "index", _index(index, "a layer index", 0))
+    __slots__ = ()
+
+    def __new__(cls, dimension: object, index: object) -> LayerId:
+        return super().__new__(cls, (DimensionId(dimension), _index(index, "a layer index", 0)))
+
+    def __getnewargs__(self) -> tuple[DimensionId, int]:
+        return (self[0], self[1])
+
+    @property
+    def dimension(self) -> DimensionId:
+        return self[0]
+
+    @property
+    def index(self) -> int:  # type: ignore[override]  # the field, not tuple.index()
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"LayerId(dimension={self[0]!r}, index={self[1]})"
 
     def __str__(self) -> str:
-        return f"{self.dimension}/L{self.index:02d}"
+        return f"{self[0]}/L{self[1]:02d}"

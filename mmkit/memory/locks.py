@@ -1,0 +1,88 @@
+"""Locks that survive ``fork``: a child never inherits one held by a thread it does not have.
+
+``os.fork`` copies only the calling thread; a lock another thread held at that moment stays
+held forever in the child, and the child's next call that needs it hangs. Two kinds:
+
+- a *state lock* guards data that must be consistent in the child (the manager's tables): the
+  parent takes every state lock before forking, so the fork happens between two writes, and
+  both sides let go afterwards;
+- a *counter lock* guards a few lines that cannot fork half-done in a way that matters (a
+  lease's export count): the child just gets a fresh one.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from types import TracebackType
+
+
+class ForkSafeLock:
+    """A re-entrant lock that a forked child gets back unlocked.
+
+    ``held_across_fork``: the parent acquires it before ``fork`` (waiting for the holder to
+    finish) and releases it after, in parent and child alike.
+    """
+
+    __slots__ = ("__weakref__", "_lock")
+
+    def __init__(self, *, held_across_fork: bool = False) -> None:
+        self._lock = threading.RLock()
+        (_STATE_LOCKS if held_across_fork else _COUNTER_LOCKS).add(self)
+
+    def acquire(self) -> None:
+        self._lock.acquire()
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> ForkSafeLock:
+        self._lock.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._lock.release()
+
+
+_STATE_LOCKS: weakref.WeakSet[ForkSafeLock] = weakref.WeakSet()
+_COUNTER_LOCKS: weakref.WeakSet[ForkSafeLock] = weakref.WeakSet()
+_TAKEN: list[ForkSafeLock] = []
+
+
+def _before_fork() -> None:
+    taken: list[ForkSafeLock] = []
+    for _ in range(8):  # another thread may make a lock while we look
+        try:
+            taken = sorted(_STATE_LOCKS, key=id)  # one order, whoever forks
+            break
+        except RuntimeError:
+            continue
+    for lock in taken:
+        lock.acquire()
+    _TAKEN[:] = taken
+
+
+def _after_fork_in_parent() -> None:
+    taken, _TAKEN[:] = list(_TAKEN), []
+    for lock in reversed(taken):
+        lock.release()
+
+
+def _after_fork_in_child() -> None:
+    _TAKEN.clear()
+    for lock in [*_STATE_LOCKS, *_COUNTER_LOCKS]:
+        lock._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
