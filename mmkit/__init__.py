@@ -7,7 +7,7 @@ ids, errors, units) → ``views``, ``region``, ``storage`` → ``manager`` → `
 from __future__ import annotations
 
 from mmkit.manager import DimensionStats, MmapManager, Stats
-from mmkit.memory.block import Block
+from mmkit.manager.blocks import Block
 from mmkit.memory.region import Region
 from mmkit.memory.views import address_of
 from mmkit.storage import generate_dataset

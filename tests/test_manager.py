@@ -189,7 +189,7 @@ def _assert_untouched(manager: MmapManager, dimension: int) -> None:
         (bytes(4 * PAGE_SIZE + 1), ["bytes"]),
         (12, ["int", "bytes-like"]),
         ([1, 2, 3], ["list"]),
-        (memoryview(bytes(8 * PAGE_SIZE))[::2], ["memoryview"]),
+        (memoryview(bytes(8 * PAGE_SIZE))[::2], ["not contiguous", "strided"]),
     ],
 )
 def test_bad_source_leaves_dimension_unloaded(

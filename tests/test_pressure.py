@@ -233,7 +233,7 @@ def test_many_threads_under_a_24_mib_cap(
                 crc = zlib.crc32(mgr.access_layer(layer))
                 if crc != expected_crc[layer]:
                     failures.append(f"{layer}: {crc:#x}")
-                peak = max(peak, mgr._data)
+                peak = max(peak, mgr._residency.data)
 
         run_threads(read, 64)
         assert not failures

@@ -1,123 +1,115 @@
-"""A loaded dimension: the bytes readers see, layer by layer, and what keeps them alive.
+"""A loaded dimension: the leases behind its bytes, the views readers slice, its provenance.
 
-A layer's bytes live in the dimension's region until the layer is updated; then they live
-in a copy in the pool (read-copy-update). Every view handed to a reader pins the ``Pin`` of
-the memory it shows, so neither a region nor a copy is reused while a reader can reach it.
+A layer's bytes live in the dimension's region until the layer is updated; then they live in
+a copy in the pool (read-copy-update). Each span is a ``Lease``. The manager publishes one
+view per layer and readers get slices of those, so withdrawing the published views and then
+finding every lease without exports is the exact test that no reader can reach the memory.
 """
 
 from __future__ import annotations
 
-import weakref
+import functools
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from mmkit.memory.region import Region, Reservation
-from mmkit.memory.views import span_view
+from mmkit.memory.lease import Lease
+from mmkit.memory.region import Region
 from mmkit.values.config import DimensionSpec
 
 ZERO: Literal["zero"] = "zero"
-Source = Path | Literal["zero"] | None
-"""Where a dimension's bytes can be loaded again from: a file, zeros, or nowhere (None)."""
 
 
-class Pin:
-    """A span of memory that views keep alive; it keeps the address space reserved."""
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """Where a dimension's bytes can be loaded again from, and the CRC-32 of each layer.
 
-    __slots__ = ("__weakref__", "address", "reservation", "size")
+    A dimension is dropped from memory only with one, and a reload must bring back exactly
+    these checksums.
+    """
 
-    def __init__(self, reservation: Reservation, address: int, size: int) -> None:
-        self.reservation = reservation
-        self.address = address
-        self.size = size
+    source: Path | Literal["zero"]
+    checksums: tuple[int, ...]
 
-    def view(self, offset: int, size: int) -> memoryview:
-        return span_view(self.address + offset, size, self)
+
+@functools.cache
+def zero_checksums(count: int, layer_size: int) -> tuple[int, ...]:
+    """The checksums of a zero-filled dimension."""
+    return (zlib.crc32(bytes(layer_size)),) * count
 
 
 class LoadedDimension:
-    """A dimension whose bytes are committed and published."""
+    """A dimension whose bytes are committed and whose per-layer views are published.
 
-    __slots__ = ("base", "copies", "dirty", "region", "source", "spec", "views")
+    ``provenance`` is None when the bytes cannot be loaded again as they are (loaded from a
+    buffer, or updated since the last save); ``version`` counts updates, so a save can tell
+    whether what it wrote is still what is in memory.
+    """
 
-    def __init__(self, spec: DimensionSpec, region: Region, base: Pin, source: Source) -> None:
+    __slots__ = ("_base_view", "base", "copies", "provenance", "region", "spec", "version", "views")
+
+    def __init__(
+        self, spec: DimensionSpec, region: Region, base: Lease, provenance: Provenance | None
+    ) -> None:
         self.spec = spec
         self.region = region
-        self.base: Pin | None = base
-        self.copies: dict[int, Pin] = {}
-        self.source = source
-        self.dirty = False
-        self.views = self._build_views()
-
-    @property
-    def reloadable(self) -> bool:
-        """Whether dropping the bytes loses nothing: they can be loaded again as they are."""
-        return self.source is not None and not self.dirty
+        self.base = base
+        self.copies: dict[int, Lease] = {}
+        self.provenance = provenance
+        self.version = 0
+        self._base_view: memoryview | None = None
+        self.views: tuple[memoryview, ...] = ()
+        self.publish()
 
     @property
     def data_bytes(self) -> int:
+        """Bytes of memory the dimension's data takes: its region and its layer copies."""
         return self.region.size + sum(copy.size for copy in self.copies.values())
 
-    def replace_layer(self, index: int, copy: Pin) -> Pin | None:
-        """Publish ``copy`` as layer ``index``; return the copy it replaced, if any."""
+    def leases(self) -> list[Lease]:
+        return [self.base, *self.copies.values()]
+
+    def publish(self) -> None:
+        """Make the per-layer views readers slice: one export of the region, one per copy."""
+        base = self.base.view()
+        size = self.region.layer_size
+        self._base_view = base
+        self.views = tuple(
+            self.copies[index].view()
+            if index in self.copies
+            else base[index * size : (index + 1) * size]
+            for index in range(self.region.layer_count)
+        )
+
+    def withdraw(self) -> None:
+        """Release the published views; readers holding an old table get ``ValueError``."""
+        for view in self.views:
+            view.release()
+        if self._base_view is not None:
+            self._base_view.release()
+        self._base_view = None
+        self.views = ()
+
+    def close(self) -> bool:
+        """End every lease if no reader holds a slice of any (after ``withdraw``)."""
+        leases = self.leases()
+        if any(lease.exports for lease in leases):
+            return False
+        return all([lease.close() for lease in leases])
+
+    def replace_layer(self, index: int, copy: Lease) -> tuple[Lease | None, memoryview]:
+        """Make ``copy`` layer ``index``; return the copy it replaces and the view to release.
+
+        The caller publishes the new table first, then releases the old view, so readers
+        move to the new bytes without ever meeting a released view in the current table.
+        """
         old = self.copies.get(index)
         self.copies[index] = copy
         views = list(self.views)
-        views[index] = copy.view(0, self.region.layer_size)
+        retired = views[index]
+        views[index] = copy.view()
         self.views = tuple(views)
-        self.dirty = True
-        return old
-
-    def pins(self) -> list[Pin]:
-        assert self.base is not None
-        return [self.base, *self.copies.values()]
-
-    def try_release(self) -> list[Pin] | None:
-        """Drop this object's hold on its memory and see whether anything else holds it.
-
-        Returns the pins still held elsewhere (a reader's view) after restoring this
-        object as it was, or None when nothing else did and the memory is free to go.
-        """
-        refs = [weakref.ref(pin) for pin in self.pins()]
-        spans = self.copy_spans()
-        reservation = self.pins()[0].reservation
-        self.views = ()
-        self.base = None
-        self.copies = {}
-        held = [pin for ref in refs if (pin := ref()) is not None]
-        if not held:
-            return None
-        alive = {pin.address: pin for pin in held}
-        self.reattach(reservation, spans, alive)
-        return held
-
-    def copy_spans(self) -> dict[int, tuple[int, int]]:
-        """The pool spans of the layer copies: layer index → (address, size)."""
-        return {index: (pin.address, pin.size) for index, pin in self.copies.items()}
-
-    def reattach(
-        self,
-        reservation: Reservation,
-        spans: dict[int, tuple[int, int]],
-        alive: dict[int, Pin] | None = None,
-    ) -> None:
-        """Publish the same memory again: live pins where there are, new ones where they died.
-
-        Nothing gave the memory away in between, so the bytes are the ones readers saw.
-        """
-        alive = alive or {}
-        region = self.region
-        self.base = alive.get(region.address) or Pin(reservation, region.address, region.size)
-        self.copies = {
-            index: alive.get(address) or Pin(reservation, address, size)
-            for index, (address, size) in spans.items()
-        }
-        self.views = self._build_views()
-
-    def _build_views(self) -> tuple[memoryview, ...]:
-        size = self.region.layer_size
-        base = self.base
-        assert base is not None
-        return tuple(
-            self.copies[i].view(0, size) if i in self.copies else base.view(i * size, size)
-            for i in range(self.region.layer_count)
-        )
+        self.provenance = None
+        self.version += 1
+        return old, retired

@@ -2,33 +2,56 @@
 
 from __future__ import annotations
 
-import weakref
+import contextlib
 from dataclasses import dataclass
 
-from mmkit.platform import VirtualMemory, align_up
+from mmkit.memory.locks import ForkSafeLock
+from mmkit.platform import PlatformError, VirtualMemory, align_up
 from mmkit.values.config import DimensionSpec, MemoryConfig
+from mmkit.values.errors import InvalidState, OwnsMemory
 from mmkit.values.ids import DimensionId
 
 
-class Reservation:
-    """A span of address space reserved from the OS, released when nothing can reach it.
+class Reservation(OwnsMemory):
+    """A span of address space reserved from the OS, given back when its last holder lets go.
 
-    The manager, every published generation of data and every pool block hold a reference;
-    views hold those. So the OS gets the span back only after the last view is gone.
+    Holders are counted, not inferred from object lifetimes: the manager holds it while open,
+    and after ``close`` each lease that still had views holds it until its last view is gone.
     """
 
-    __slots__ = ("__weakref__", "address", "size", "vm")
+    __slots__ = ("_holds", "_lock", "address", "size", "vm")
 
     def __init__(self, vm: VirtualMemory, size: int, alignment: int) -> None:
         self.vm = vm
         self.size = size
         self.address = vm.reserve(size, alignment)
-        # Not at exit: a daemon thread may still read a view while the interpreter shuts
-        # down, and the OS takes the mapping back with the process anyway.
-        weakref.finalize(self, vm.release, self.address, size).atexit = False
+        self._holds = 1
+        self._lock = ForkSafeLock()
 
     def __repr__(self) -> str:
-        return f"<Reservation {self.address:#x}+{self.size:#x}>"
+        return f"<Reservation {self.address:#x}+{self.size:#x} holds={self._holds}>"
+
+    @property
+    def released(self) -> bool:
+        return self._holds == 0
+
+    def hold(self) -> None:
+        """One more holder; the address space stays until it calls ``drop``."""
+        with self._lock:
+            if not self._holds:
+                raise InvalidState(f"the reservation at {self.address:#x} was given back")
+            self._holds += 1
+
+    def drop(self) -> None:
+        """One holder fewer; the last one gives the address space back to the OS."""
+        with self._lock:
+            self._holds -= 1
+            last = self._holds == 0
+        if last:
+            # munmap of a whole reservation this process made does not fail; if the OS
+            # disagreed, the span would only stay reserved until the process exits.
+            with contextlib.suppress(PlatformError):
+                self.vm.release(self.address, self.size)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,7 @@
-"""Zero-copy views over raw memory, and the address behind any buffer.
+"""The address behind any buffer, and the manager's private scratch views.
 
-A view is a ``memoryview`` over a ctypes array placed at the memory's address. The array
-carries a reference to the memory's owner, so the memory cannot be released while any view,
-or any slice of one, is alive: the release is deferred, never dangling.
+Views handed to callers come from leases (``mmkit.memory.lease``); a scratch view is for the
+manager's own writes under its lock, into memory nobody else can see yet.
 """
 
 from __future__ import annotations
@@ -49,14 +48,6 @@ def address_of(buffer: object) -> int:
         return int(info.buf or 0)
     finally:
         _release_buffer(ctypes.byref(info))
-
-
-def span_view(address: int, size: int, owner: object, *, writable: bool = False) -> memoryview:
-    """A ``'B'`` memoryview of ``size`` bytes at ``address`` that keeps ``owner`` alive."""
-    array = (ctypes.c_ubyte * size).from_address(address)
-    array._mmkit_owner = owner  # type: ignore[attr-defined]
-    view = memoryview(array).cast("B")
-    return view if writable else view.toreadonly()
 
 
 def scratch_view(address: int, size: int) -> memoryview:

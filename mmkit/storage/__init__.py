@@ -437,9 +437,19 @@ def _commit(staged: _Staged) -> Path:
 
 def write_layers(
     path: Path | str, spec: DimensionSpec, layer_size: int, layers: Iterable[Buffer]
-) -> Path:
+) -> FileHeader:
     """Write a dimension file atomically from its layers, in order, in one pass."""
-    return _commit(_stage(Path(path), spec, layer_size, layers))
+    _commit(_stage(Path(path), spec, layer_size, layers))
+    return read_header_file(path)
+
+
+def read_header_file(path: Path | str) -> FileHeader:
+    with _open(path) as file:
+        return read_header(file, path)
+
+
+def check_savable(spec: DimensionSpec, layer_size: int) -> None:
+    pass
 
 
 def write_dimension(path: Path | str, spec: DimensionSpec, layer_size: int, data: Buffer) -> Path:

@@ -1,0 +1,144 @@
+"""Giving memory back: only what no view reaches, and only in a state known to be clean.
+
+Two rules hold everywhere. Memory is decommitted, or returned to the pool, only once its
+lease is closed (no view of it is left). And a span whose decommit failed is in an unknown
+state (old bytes, or inaccessible): it stays here, counted as committed, and nobody uses it
+until a later decommit succeeds; a load settles its region first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from mmkit.manager.blocks import Blocks
+from mmkit.manager.publication import Publication
+from mmkit.memory.lease import Lease
+from mmkit.memory.pool import PoolAllocator
+from mmkit.memory.region import Reservation
+from mmkit.platform import PlatformError, Protection, VirtualMemory, align_down, align_up
+from mmkit.values.errors import InvalidState, from_os_error
+from mmkit.values.state import ManagerState
+
+
+class Spans:
+    """Region spans waiting to be given back, and layer copies waiting to go back to the pool.
+
+    Not thread-safe by itself: the manager calls it under its lock.
+    """
+
+    __slots__ = ("_copies", "_stray", "vm")
+
+    def __init__(self, vm: VirtualMemory) -> None:
+        self.vm = vm
+        # address -> (size, the lease that must close first, if any)
+        self._stray: dict[int, tuple[int, Lease | None]] = {}
+        self._copies: list[Lease] = []
+
+    def give_back(self, address: int, size: int, lease: Lease | None = None) -> None:
+        """Decommit a span now if no view reaches it, else as soon as none does."""
+        if lease is not None and not lease.close():
+            self._stray[address] = (size, lease)
+            return
+        try:
+            self.vm.decommit(address, size)
+        except PlatformError:
+            self._stray[address] = (size, None)
+        else:
+            self._stray.pop(address, None)
+
+    def settle(self, address: int, size: int, action: str) -> None:
+        """Make a span known-clean before it is used again; the OS error if it cannot be."""
+        entry = self._stray.get(address)
+        if entry is None:
+            return
+        lease = entry[1]
+        if lease is not None and not lease.close():
+            raise InvalidState(f"{action}: the memory of an earlier attempt is still in use")
+        try:
+            self.vm.decommit(address, size)
+        except PlatformError as exc:
+            self._stray[address] = (size, None)
+            raise from_os_error(
+                exc, f"{action}: giving back what an earlier failure left"
+            ) from None
+        del self._stray[address]
+
+    def reclaim(self, copy: Lease, pool: PoolAllocator | None) -> None:
+        """Return a closed layer copy to the pool: writable again, then freed (zeroed)."""
+        if pool is None:
+            return
+        try:
+            self.vm.protect(copy.address, copy.size, Protection.READ_WRITE)
+        except PlatformError:
+            self._copies.append(copy)  # still read-only: the pool cannot zero it yet
+            return
+        pool.free(copy.address)
+
+    def retry(self, pool: PoolAllocator) -> None:
+        """Try again what failed before: decommits, copies that could not be made writable."""
+        for address, (size, lease) in list(self._stray.items()):
+            if lease is None or lease.close():
+                self.give_back(address, size)
+        if self._copies:
+            copies, self._copies = self._copies, []
+            for copy in copies:
+                self.reclaim(copy, pool)
+        if pool.pending:
+            pool.retry()
+
+    def stray_bytes(self) -> int:
+        return sum(size for size, _ in self._stray.values())
+
+    def leases(self) -> list[Lease]:
+        return [lease for _, lease in self._stray.values() if lease is not None]
+
+    def regions(self) -> list[tuple[int, int]]:
+        return [(address, size) for address, (size, _) in self._stray.items()]
+
+
+def shutdown(
+    published: Publication,
+    blocks: Blocks,
+    spans: Spans,
+    reservation: Reservation,
+    pool: PoolAllocator | None,
+) -> None:
+    """Give a manager's memory back: all of it now, or all that no view reaches.
+
+    Each lease a view still holds keeps the reservation until its last view is gone; then
+    the address space goes back to the OS, exactly when nothing can reach it any more.
+    """
+    regions = [(d.region.address, d.region.size) for d in published.loaded.values()]
+    leases = published.withdraw_all(ManagerState.CLOSED) + blocks.close() + spans.leases()
+    held = [lease for lease in leases if not lease.close()]
+    for lease in held:
+        reservation.hold()
+        lease.close_when_idle(reservation.drop)
+    if held:
+        unheld = regions + spans.regions() + (pool.committed_spans() if pool is not None else [])
+        _decommit_around(spans, unheld, held)
+    reservation.drop()
+
+
+def _decommit_around(spans: Spans, candidates: list[tuple[int, int]], held: list[Lease]) -> None:
+    """Decommit the candidate spans except the pages a held lease touches (best effort)."""
+    page = spans.vm.page_size
+    keep = sorted(
+        (align_down(lease.address, page), align_up(lease.address + lease.size, page))
+        for lease in held
+    )
+    for address, size in candidates:
+        start, end = address, address + size
+        for low, high in keep:
+            if high <= start or low >= end:
+                continue
+            if low > start:
+                _decommit(spans.vm, start, low)
+            start = max(start, high)
+        if start < end:
+            _decommit(spans.vm, start, end)
+
+
+def _decommit(vm: VirtualMemory, start: int, end: int) -> None:
+    with contextlib.suppress(PlatformError):
+        vm.decommit(start, end - start)

@@ -1,0 +1,112 @@
+"""Residency under ``resident_limit``: which dimensions stay in memory and which may go.
+
+The cap is on dimension data in memory (regions and layer copies). Past it, the least
+recently used dimensions that are provably reloadable go first; the manager drops one only
+when no reader holds it, so the cap is soft against pins and the overrun shows in
+``stats()`` (``pinned``). Provably reloadable means: its bytes are zeros, or a file holds
+exactly the layer checksums of what is in memory now. What was dropped keeps those
+checksums, and a reload that brings back anything else is a ``DataFileError``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from mmkit import storage
+from mmkit.manager.dimension import LoadedDimension, Provenance
+from mmkit.values.config import MemoryConfig
+from mmkit.values.errors import DataFileError, MmkitError
+from mmkit.values.ids import DimensionId
+
+
+class Residency:
+    """Use order, the cap, what was dropped and how to prove it can come back.
+
+    Not thread-safe by itself, except ``last_use``/``ticks``, which readers update without
+    the lock (a lost update only makes the order slightly less recent).
+    """
+
+    __slots__ = (
+        "data",
+        "dropped",
+        "evictions",
+        "last_use",
+        "limit",
+        "pinned",
+        "reloads",
+        "ticks",
+        "tracked",
+    )
+
+    def __init__(self, config: MemoryConfig) -> None:
+        self.limit = config.resident_limit
+        self.tracked = self.limit is not None
+        self.last_use: dict[DimensionId, int] = {}
+        self.ticks: Iterator[int] = itertools.count()
+        self.dropped: dict[DimensionId, Provenance] = {}
+        self.data = 0
+        self.pinned = 0
+        self.evictions = 0
+        self.reloads = 0
+
+    def touch(self, dimension: DimensionId) -> None:
+        self.last_use[dimension] = next(self.ticks)
+
+    def excess(self) -> int:
+        """Bytes of dimension data beyond the cap (0 without one)."""
+        return 0 if self.limit is None else max(0, self.data - self.limit)
+
+    def victims(
+        self, loaded: Mapping[DimensionId, LoadedDimension], keep: DimensionId | None
+    ) -> list[DimensionId]:
+        """Dimensions that may be dropped, least recently used first."""
+        candidates = (d for d, dim in loaded.items() if d != keep and dim.provenance is not None)
+        return sorted(candidates, key=lambda d: self.last_use.get(d, -1))
+
+    def provable(self, loaded: LoadedDimension) -> bool:
+        """Whether the bytes in memory can be loaded back exactly as they are, checked now."""
+        provenance = loaded.provenance
+        if provenance is None:
+            return False
+        if not isinstance(provenance.source, Path):
+            return True
+        try:
+            header = storage.read_header_file(provenance.source)
+        except (MmkitError, OSError):
+            return False
+        return (
+            header.dimension == loaded.spec.id
+            and header.layer_size == loaded.region.layer_size
+            and header.layer_checksums == provenance.checksums
+        )
+
+    def drop(self, loaded: LoadedDimension) -> None:
+        """Account for a dimension taken out of memory, remembering what must come back."""
+        assert loaded.provenance is not None
+        self.dropped[loaded.spec.id] = loaded.provenance
+        self.data -= loaded.data_bytes
+        self.evictions += 1
+
+    def loaded(self, dimension: DimensionId, data_bytes: int) -> None:
+        """Account for a dimension now in memory (a reload if it had been dropped)."""
+        if self.dropped.pop(dimension, None) is not None:
+            self.reloads += 1
+        self.data += data_bytes
+        self.touch(dimension)
+
+
+def check_reload(
+    dimension: DimensionId, path: Path, checksums: tuple[int, ...], expected: tuple[int, ...]
+) -> None:
+    """``DataFileError`` unless a reload brought back the bytes that were dropped."""
+    if checksums == expected:
+        return
+    index = next(i for i, (a, b) in enumerate(zip(checksums, expected, strict=True)) if a != b)
+    raise DataFileError(
+        path,
+        f"no longer holds what {dimension} held when it was dropped from memory: layer "
+        f"{index} has checksum {checksums[index]:#010x}, the dropped bytes had "
+        f"{expected[index]:#010x}",
+    )

@@ -1,0 +1,50 @@
+"""What callers hand the manager as bytes or as a path, checked into exactly what it needs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mmkit.values.errors import InvalidArgument, InvalidSource
+
+Fill = Path | memoryview | None
+"""What a region is filled from: a data file, a caller's bytes, or nothing (zeros)."""
+
+
+def exact_bytes(data: object, size: int, what: str, alternatives: str = "") -> memoryview:
+    """``data`` as a flat ``'B'`` view of exactly ``size`` bytes; the caller releases it.
+
+    ``InvalidSource`` otherwise, with no view of ``data`` left behind, so a refused
+    ``bytearray`` can be resized at once.
+    """
+    try:
+        view = memoryview(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidSource(
+            f"{what} must be {alternatives}a bytes-like object of {size} bytes, "
+            f"not {type(data).__name__}"
+        ) from None
+    except ValueError as exc:  # a released memoryview
+        raise InvalidSource(f"{what} cannot be read: {exc}") from None
+    with view:
+        if not view.c_contiguous:
+            problem = "is not contiguous (a strided view); pass a contiguous copy"
+        elif view.nbytes != size:
+            problem = f"is {view.nbytes} bytes; it must be {size} bytes"
+        else:
+            return view.cast("B")  # outlives ``view``: both share one managed buffer
+    raise InvalidSource(f"{what} {problem}")
+
+
+def save_path(path: object) -> Path:
+    """A path to save to, or ``InvalidArgument`` for one that cannot name a file."""
+    if not isinstance(path, str | os.PathLike):
+        raise InvalidArgument(f"save_dimension needs a path, not {type(path).__name__}")
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise InvalidArgument(f"save_dimension needs a str path, not {type(text).__name__}")
+    if not text:
+        raise InvalidArgument("save_dimension needs a file name, not an empty path")
+    if "\0" in text:
+        raise InvalidArgument(f"the path {text!r} contains a NUL byte")
+    return Path(text)
