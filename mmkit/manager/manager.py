@@ -21,7 +21,8 @@ from types import MappingProxyType, TracebackType
 
 from mmkit import storage
 from mmkit.manager.dimension import ZERO, LoadedDimension, Pin, Source
-from mmkit.memory.pool import Block, BlockPin, PoolAllocator, PoolStats
+from mmkit.memory.block import Block, BlockPin
+from mmkit.memory.pool import PoolAllocator, PoolStats
 from mmkit.memory.region import Layout, Region, Reservation, plan_layout
 from mmkit.memory.views import scratch_view
 from mmkit.platform import BACKEND, PlatformError, Protection, VirtualMemory
