@@ -9,8 +9,10 @@ Memory goes back to the OS or the pool only when its lease says that no view of 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -23,7 +25,7 @@ from mmkit.manager.residency import Residency, check_reload
 from mmkit.manager.sources import Fill, exact_bytes, save_path
 from mmkit.manager.stats import DimensionStats, Stats
 from mmkit.memory.lease import Lease
-from mmkit.memory.locks import ForkSafeLock
+from mmkit.memory.locks import ForkSafeLock, interrupts_deferred
 from mmkit.memory.pool import PoolAllocator, PoolStats
 from mmkit.memory.region import Layout, Region, Reservation, plan_layout
 from mmkit.memory.views import scratch_view
@@ -86,7 +88,7 @@ class MmapManager(OwnsMemory):
 
     def initialize(self) -> None:
         """Reserve the whole budget in one piece and lay the regions out in it."""
-        with self._lock:
+        with self._writing():
             if self._published.state is not ManagerState.UNINITIALIZED:
                 raise InvalidState(f"initialize: the manager is {self._published.state.value}")
             layout = self._layout
@@ -142,7 +144,7 @@ class MmapManager(OwnsMemory):
 
     def close(self) -> None:
         """Give the memory back. Views still held keep their memory until they are gone."""
-        with self._lock:
+        with self._writing():
             if self._published.state is ManagerState.CLOSED:
                 return
             finalizer, self._finalizer = self._finalizer, None
@@ -273,7 +275,7 @@ class MmapManager(OwnsMemory):
         ``source``: None for the data directory's file (zero-filled with no data directory),
         a path to a data file, or a bytes-like object of exactly the dimension's size.
         """
-        with self._lock:
+        with self._writing():
             self._reap()
             self._require_open("load_dimension")
             spec = self._config.dimension(dimension)
@@ -294,7 +296,7 @@ class MmapManager(OwnsMemory):
         is not loaded, cannot be proven reloadable as it is (loaded from a buffer, updated
         and not saved since, its file changed or gone), or a reader holds a view of it.
         """
-        with self._lock:
+        with self._writing():
             self._reap()
             self._require_open("evict")
             return self._evict(self._config.dimension(dimension).id)
@@ -310,7 +312,7 @@ class MmapManager(OwnsMemory):
         spec = self._config.dimension(dimension)
         storage.check_savable(spec, self._config.layer_size)
         with self._save_lock:
-            with self._lock:
+            with self._writing():
                 self._reap()
                 self._require_open("save_dimension")
                 loaded = self._ensure_loaded(spec)
@@ -321,7 +323,7 @@ class MmapManager(OwnsMemory):
             finally:
                 for view in views:
                     view.release()
-            with self._lock:
+            with self._writing():
                 if self._published.loaded.get(spec.id) is loaded and loaded.version == version:
                     loaded.provenance = Provenance(target, header.layer_checksums)
                 self._make_room(keep=spec.id)
@@ -456,7 +458,7 @@ class MmapManager(OwnsMemory):
         return self._access_slow(layer)
 
     def _access_slow(self, layer: object) -> memoryview:
-        with self._lock:
+        with self._writing():
             spec, index = self._check_layer("access_layer", layer)
             loaded = self._ensure_loaded(spec)
             if self._published.state is not ManagerState.ACTIVE:
@@ -476,7 +478,7 @@ class MmapManager(OwnsMemory):
         new ones. The copy lives in the pool; the old one goes back to it once its last
         reader lets go. A failed update changes nothing.
         """
-        with self._lock:
+        with self._writing():
             self._reap()
             spec, index = self._check_layer("update_layer", layer)
             size = self._config.layer_size
@@ -568,6 +570,12 @@ class MmapManager(OwnsMemory):
             pool.free(block.address)
 
     # -- internals --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The write lock, with Ctrl-C held until the write is whole (see ``memory.locks``)."""
+        with self._lock, interrupts_deferred():
+            yield
 
     def _require_open(self, operation: str) -> None:
         table = self._published.table

@@ -70,9 +70,16 @@ _type_from_spec.restype = ctypes.py_object
 _LEASES: dict[int, Lease] = {}
 """Open leases and leases with exports left, by the id of their exporter and of their span."""
 
-_KEEP: list[object] = []
-"""What the two types point into (names, slot tables, callbacks): never freed, so a buffer
-released during interpreter shutdown still finds its callback."""
+_incref = ctypes.pythonapi.Py_IncRef
+_incref.argtypes = (ctypes.py_object,)
+_incref.restype = None
+
+
+def _keep_forever(*objects: object) -> None:
+    """Never free these (names, slot tables, callbacks the two types point into): a buffer
+    released while the interpreter clears its modules at exit must still find its callback."""
+    for thing in objects:
+        _incref(thing)
 
 
 def _make_type(name: bytes, slot: int, function: ctypes._CFunctionType) -> type:
@@ -80,7 +87,7 @@ def _make_type(name: bytes, slot: int, function: ctypes._CFunctionType) -> type:
     address = ctypes.cast(function, ctypes.c_void_p).value
     table = (_TypeSlot * 2)(_TypeSlot(slot, address), _TypeSlot(0, None))
     spec = _TypeSpec(name, 0, 0, _TPFLAGS_DEFAULT | _TPFLAGS_IMMUTABLETYPE, table)
-    _KEEP.extend((name, table, spec, function))
+    _keep_forever(name, table, spec, function)
     made: type = _type_from_spec(ctypes.byref(spec))
     return made
 

@@ -1,4 +1,4 @@
-"""Locks that survive ``fork``: a child never inherits one held by a thread it does not have.
+"""Keeping the manager's state whole across ``fork`` and Ctrl-C.
 
 ``os.fork`` copies only the calling thread; a lock another thread held at that moment stays
 held forever in the child, and the child's next call that needs it hangs. Two kinds:
@@ -8,14 +8,22 @@ held forever in the child, and the child's next call that needs it hangs. Two ki
   both sides let go afterwards;
 - a *counter lock* guards a few lines that cannot fork half-done in a way that matters (a
   lease's export count): the child just gets a fresh one.
+
+Ctrl-C raises ``KeyboardInterrupt`` in the main thread between any two bytecodes; inside a
+write that changes memory mappings and the tables describing them, that could leave the two
+out of step. ``interrupts_deferred`` holds a SIGINT that arrives during such a write and
+hands it to the program's own handler as soon as the write is whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import threading
 import weakref
-from types import TracebackType
+from collections.abc import Iterator
+from types import FrameType, TracebackType
 
 
 class ForkSafeLock:
@@ -86,3 +94,44 @@ if hasattr(os, "register_at_fork"):
         after_in_parent=_after_fork_in_parent,
         after_in_child=_after_fork_in_child,
     )
+
+
+_DEFERRING = threading.local()
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT (Ctrl-C) until the block is done, then deliver it to the saved handler.
+
+    Only the main thread receives KeyboardInterrupt, and only it may change signal handlers,
+    so elsewhere (and when nested) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread() or getattr(
+        _DEFERRING, "active", False
+    ):
+        yield
+        return
+    held: list[FrameType | None] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        held.append(frame)
+
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is None:  # installed outside Python: leave it alone
+            raise ValueError("foreign SIGINT handler")
+        signal.signal(signal.SIGINT, hold)
+    except (ValueError, OSError):  # not the main interpreter, or no SIGINT here
+        yield
+        return
+    _DEFERRING.active = True
+    try:
+        yield
+    finally:
+        _DEFERRING.active = False
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            if callable(previous):
+                previous(signal.SIGINT, held[0])
+            elif previous == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)

@@ -167,15 +167,27 @@ def near_map_limit(used: int, limit: int) -> bool:
     return used + 2 >= limit
 
 
+_MAPS_BUFFER = bytearray(1 << 16)
+"""Read buffer for /proc/self/maps, made up front: at the map count limit nothing new can be
+mapped, and a fresh buffer might need a mapping."""
+
+
 def map_counts(constants: PosixConstants) -> tuple[int, int] | None:
     """This process's mapping count and the kernel's limit on it, where the kernel has one."""
-    if constants.max_map_count_file is None:
+    if constants.max_map_count_file is None or sys.platform == "win32":
         return None
+    buffer = _MAPS_BUFFER
     try:
-        limit = int(Path(constants.max_map_count_file).read_text())
-        with open("/proc/self/maps", "rb") as maps:
-            used = sum(chunk.count(b"\n") for chunk in iter(lambda: maps.read(1 << 16), b""))
-    except (OSError, ValueError):
+        with open(constants.max_map_count_file, "rb", buffering=0) as file:
+            limit = int(file.read(32))
+        fd = os.open("/proc/self/maps", os.O_RDONLY)
+        try:
+            used = 0
+            while count := os.readv(fd, [buffer]):
+                used += buffer.count(b"\n", 0, count)
+        finally:
+            os.close(fd)
+    except (OSError, ValueError, MemoryError):
         return None
     return used, limit
 

@@ -50,11 +50,18 @@ DEFAULT_DIMENSIONS: tuple[DimensionSpec, ...] = tuple(
 )
 
 
+MAX_BYTES = (1 << 63) - 1
+"""No size can exceed what a signed 64-bit count (``ssize_t``) and the address space hold;
+larger values would be wrapped silently by the C types the OS calls take."""
+
+
 def _positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name} must be an int number of bytes, not {value!r}")
     if value <= 0:
         raise ConfigError(f"{name} must be positive, not {value}")
+    if value > MAX_BYTES:
+        raise ConfigError(f"{name} must be below 2**63 bytes, not {value}")
     return value
 
 
@@ -120,8 +127,8 @@ class MemoryConfig:
             _positive_int("resident_limit", self.resident_limit)
         if isinstance(self.user_quota, bool) or not isinstance(self.user_quota, int):
             raise ConfigError(f"user_quota must be an int number of bytes, not {self.user_quota!r}")
-        if self.user_quota < 0:
-            raise ConfigError(f"user_quota must not be negative, not {self.user_quota}")
+        if not 0 <= self.user_quota <= MAX_BYTES:
+            raise ConfigError(f"user_quota must be 0 to 2**63 - 1 bytes, not {self.user_quota}")
         if not isinstance(self.prefault, bool):
             raise ConfigError(f"prefault must be a bool, not {self.prefault!r}")
         data_dir = self.data_dir
