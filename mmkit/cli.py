@@ -1,9 +1,14 @@
-"""The command line: ``mmkit demo | query | generate | inspect``."""
+"""The command line: ``mmkit demo | query | generate | inspect | bench``.
+
+Output never fails on encoding, and names and paths go through ``printable`` to be shown safely.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import io
 import random
 import statistics
 import sys
@@ -12,16 +17,19 @@ import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from mmkit import storage
 from mmkit.bench import main as run_benchmarks
 from mmkit.manager import MmapManager
-from mmkit.platform import user_cache_dir
+from mmkit.platform import shell_command, user_cache_dir
 from mmkit.system import ConsciousnessSystem
 from mmkit.values.config import MemoryConfig
-from mmkit.values.errors import MmkitError
+from mmkit.values.errors import DataFileError, InvalidState, MmkitError
 from mmkit.values.ids import LayerId
+from mmkit.values.text import printable
 from mmkit.values.units import MiB, format_size
+from mmkit.values.version import VERSION
 
 DEMO_THREADS = 4
 DEMO_READS = 5000
@@ -41,16 +49,41 @@ def _progress(label: str) -> storage.Progress | None:
     return show
 
 
-def _dataset_ready(directory: Path, config: MemoryConfig) -> bool:
-    return all(storage.dimension_path(directory, spec).is_file() for spec in config.dimensions)
+def _ensure_dataset(directory: Path, config: MemoryConfig, announce: TextIO | None) -> None:
+    """Use a complete dataset as it is; write the default one only into a new or empty directory.
+
+    Anything else there is the user's: left as it is, with an error saying what is missing."""
+    paths = [storage.dimension_path(directory, spec) for spec in config.dimensions]
+    missing = [path.name for path in paths if not path.is_file()]
+    if not missing:
+        return
+    if directory.exists() and not directory.is_dir():
+        raise DataFileError(directory, "not a directory")
+    if len(missing) < len(paths):
+        shown = ", ".join(missing[:3])
+        if len(missing) > 3:
+            shown += f" and {len(missing) - 3} more"
+        raise DataFileError(
+            directory,
+            f"incomplete dataset: missing {shown} ({len(paths) - len(missing)} of {len(paths)} "
+            f"files present); restore them, or rewrite the whole dataset with "
+            f"`{shell_command('mmkit', 'generate', str(directory))} [--seed N]`",
+        )
+    if directory.is_dir() and any(directory.iterdir()):
+        raise DataFileError(
+            directory,
+            "holds other files and no dataset; the default dataset is written only into a new "
+            "or empty directory: pass another --data, or write it there with "
+            f"`{shell_command('mmkit', 'generate', str(directory))}`",
+        )
+    print(f"creating the default dataset in {printable(directory)}", file=announce)
+    storage.generate_dataset(directory, config, progress=_progress("generating"))
 
 
 def demo(args: argparse.Namespace) -> int:
     directory = Path(args.data) if args.data else user_cache_dir() / "dataset-seed0"
     config = MemoryConfig(data_dir=directory)
-    if not _dataset_ready(directory, config):
-        print(f"creating the default dataset in {directory}")
-        storage.generate_dataset(directory, config, progress=_progress("generating"))
+    _ensure_dataset(directory, config, None)
 
     started = time.perf_counter()
     manager = MmapManager(config)
@@ -100,24 +133,38 @@ def _workload(
     layers = list(expected)
     latencies: list[list[int]] = [[] for _ in range(DEMO_THREADS)]
     mismatches = [0] * DEMO_THREADS
+    stop = threading.Event()
 
     def reader(slot: int) -> None:
         rng = random.Random(slot)
         clock = time.perf_counter_ns
         timings = latencies[slot]
-        for _ in range(DEMO_READS):
-            layer = rng.choice(layers)
-            started = clock()
-            view = manager.access_layer(layer)
-            timings.append(clock() - started)
-            if zlib.crc32(view) != expected[layer]:
-                mismatches[slot] += 1
+        try:
+            for _ in range(DEMO_READS):
+                if stop.is_set():
+                    return
+                layer = rng.choice(layers)
+                started = clock()
+                view = manager.access_layer(layer)
+                timings.append(clock() - started)
+                if zlib.crc32(view) != expected[layer]:
+                    mismatches[slot] += 1
+        except InvalidState:
+            return  # the manager closed under us: the demo is over
 
     threads = [threading.Thread(target=reader, args=(n,)) for n in range(DEMO_THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    except BaseException:
+        # Ctrl-C: stop the readers before the caller closes the manager under them.
+        stop.set()
+        for thread in threads:
+            if thread.ident is not None:
+                thread.join()
+        raise
     return [t for per_thread in latencies for t in per_thread], sum(mismatches)
 
 
@@ -130,7 +177,7 @@ def _print_regions(manager: MmapManager) -> None:
     for d in manager.stats().dimensions:
         state = "loaded" if d.loaded else "reserved"
         print(
-            f"{d.id!s:<4} {d.name:<11} {d.address:#16x} {format_size(d.size):>9} "
+            f"{d.id!s:<4} {printable(d.name):<11} {d.address:#16x} {format_size(d.size):>9} "
             f"{state:<8} {format_size(d.resident):>10}"
         )
 
@@ -139,9 +186,7 @@ def query(args: argparse.Namespace) -> int:
     directory = Path(args.data) if args.data else user_cache_dir() / "dataset-seed0"
     limit = None if args.resident_limit is None else args.resident_limit * MiB
     config = MemoryConfig(data_dir=directory, resident_limit=limit)
-    if not _dataset_ready(directory, config):
-        print(f"creating the default dataset in {directory}", file=sys.stderr)
-        storage.generate_dataset(directory, config, progress=_progress("generating"))
+    _ensure_dataset(directory, config, sys.stderr)
     system = ConsciousnessSystem(config)
     try:
         response = asyncio.run(system.process_query(args.text))
@@ -158,15 +203,25 @@ def generate(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     size = MemoryConfig().dimensions_size
     for dimension, path in sorted(paths.items()):
-        print(f"{dimension}  {path}")
+        print(f"{dimension}  {printable(path)}")
     print(f"wrote {format_size(size)} in {seconds:.2f} s ({size / seconds / MiB:,.0f} MiB/s)")
     return 0
 
 
 def inspect(args: argparse.Namespace) -> int:
     report = storage.inspect_file(Path(args.file))
-    print(report.render())
+    print(_printable_report(report).render())
     return 0 if report.ok else 1
+
+
+def _printable_report(report: storage.Inspection) -> storage.Inspection:
+    """The report with its path and the name read from the file made safe to print."""
+    header = report.header
+    if header is not None:
+        header = dataclasses.replace(header, name=printable(header.name))
+    return dataclasses.replace(
+        report, path=Path(printable(report.path)), header=header, verdict=printable(report.verdict)
+    )
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -177,6 +232,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmkit", description="A fixed memory budget as page-aligned regions, served zero-copy."
     )
+    parser.add_argument("--version", action="version", version=f"mmkit {VERSION}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("demo", help="load the default dataset and exercise it")
     run.add_argument("--data", help="dataset directory (default: the user cache)")
@@ -201,17 +257,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _never_fail_on_encoding() -> None:
+    """Write what the terminal's encoding cannot show as escapes instead of dying on it."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _never_fail_on_encoding()
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "bench":
         args.arguments = [*extra, *args.arguments]
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        parser.error(f"unrecognized arguments: {printable(' '.join(extra))}")
     try:
         return int(args.handler(args))
     except (MmkitError, OSError) as exc:
-        print(f"mmkit: error: {exc}", file=sys.stderr)
+        print(f"mmkit: error: {printable(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("mmkit: interrupted", file=sys.stderr)

@@ -11,9 +11,12 @@ work, and a query never holds more than one layer, so it runs under a small
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import itertools
 import os
 import re
+import threading
 import time
 import zlib
 from collections.abc import Mapping
@@ -51,6 +54,9 @@ VOCABULARY: Mapping[str, tuple[str, ...]] = MappingProxyType(
 
 MIN_ACTIVATED = 2
 
+MAX_QUERY_LENGTH = 64 * 1024
+"""The longest query, in characters: routing one this long takes a few milliseconds."""
+
 
 @dataclass(frozen=True, slots=True)
 class QueryResponse:
@@ -80,15 +86,48 @@ class QueryResponse:
         return "\n".join(lines)
 
 
-def activate(text: str, config: MemoryConfig) -> tuple[DimensionId, ...]:
-    """The dimensions a query concerns, in id order; at least two, chosen deterministically."""
-    words = re.findall(r"[a-z]+", text.lower())
-    chosen = {
-        spec.id
-        for spec in config.dimensions
-        for stem in VOCABULARY.get(spec.name, ())
-        if any(word.startswith(stem) for word in words)
+@functools.lru_cache(maxsize=16)
+def _router(
+    names: tuple[tuple[DimensionId, str], ...],
+) -> tuple[re.Pattern[str] | None, Mapping[str, frozenset[DimensionId]]]:
+    """A regex finding the longest stem at each word start, and the dimensions each stem means.
+
+    A stem means its own and those of the stems it starts with: a word starts with them all."""
+    owners: dict[str, set[DimensionId]] = {}
+    for dimension, name in names:
+        for stem in VOCABULARY.get(name, ()):
+            owners.setdefault(stem, set()).add(dimension)
+    meaning = {
+        stem: frozenset(d for other, ids in owners.items() if stem.startswith(other) for d in ids)
+        for stem in owners
     }
+    # Grouped by first letter, so a word start tries one group; alternatives are tried in
+    # order, longest first, so the longest stem there wins.
+    stems = sorted(owners, key=lambda stem: (stem[0], -len(stem), stem))
+    groups = "|".join(
+        re.escape(letter) + "(?:" + "|".join(re.escape(stem[1:]) for stem in group) + ")"
+        for letter, group in itertools.groupby(stems, key=lambda stem: stem[0])
+    )
+    pattern = re.compile(rf"(?<![a-z])(?:{groups})") if stems else None
+    return pattern, meaning
+
+
+def _check_length(text: str) -> None:
+    if len(text) > MAX_QUERY_LENGTH:
+        raise InvalidArgument(f"a query is at most {MAX_QUERY_LENGTH} characters, not {len(text)}")
+
+
+def activate(text: str, config: MemoryConfig) -> tuple[DimensionId, ...]:
+    """The dimensions a query concerns, in id order; at least two, chosen deterministically.
+
+    Linear in the text, which is at most ``MAX_QUERY_LENGTH`` characters (else ``InvalidArgument``).
+    """
+    _check_length(text)
+    pattern, meaning = _router(tuple((spec.id, spec.name) for spec in config.dimensions))
+    chosen: set[DimensionId] = set()
+    if pattern is not None:
+        for stem in set(pattern.findall(text.lower())):
+            chosen |= meaning[stem]
     ids = [spec.id for spec in config.dimensions]
     start = zlib.crc32(text.encode("utf-8", "surrogatepass"))
     needed = min(MIN_ACTIVATED, len(ids))
@@ -115,23 +154,43 @@ class ConsciousnessSystem:
         self._executor = ThreadPoolExecutor(
             max_workers=os.cpu_count() or 2, thread_name_prefix="mmkit-query"
         )
+        self._lock = threading.Lock()
         self._closed = False
 
     @property
     def manager(self) -> MmapManager:
         return self._manager
 
+    def _require_open(self, operation: str) -> None:
+        if self._closed:
+            raise InvalidState(f"{operation}: the system is closed")
+
     async def process_query(self, text: str) -> QueryResponse:
         """Activate the dimensions ``text`` concerns and scan them, off the event loop."""
         if not isinstance(text, str):
             raise InvalidArgument(f"a query is a str, not {type(text).__name__}")
-        if self._closed:
-            raise InvalidState("process_query: the system is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.scan, text)
+        _check_length(text)
+        self._require_open("process_query")
+        try:
+            future = self._executor.submit(self._scan, text)
+        except RuntimeError:
+            # ``close`` on another thread shut the executor down since the check above.
+            if not self._closed:
+                raise
+            raise InvalidState("process_query: the system is closed") from None
+        return await asyncio.wrap_future(future)
 
     def scan(self, text: str) -> QueryResponse:
         """The work of one query, on the calling thread."""
+        self._require_open("scan")
+        try:
+            return self._scan(text)
+        except InvalidState:
+            if not self._closed:
+                raise
+            raise InvalidState("scan: the system is closed") from None
+
+    def _scan(self, text: str) -> QueryResponse:
         started = time.perf_counter()
         activated = activate(text, self._config)
         digest = hashlib.sha256()
@@ -158,10 +217,11 @@ class ConsciousnessSystem:
         )
 
     def close(self) -> None:
-        """Stop the workers and give the memory back. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        """Let the queries already submitted finish, then give the memory back. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         self._executor.shutdown(wait=True)
         self._manager.close()
 
@@ -174,4 +234,5 @@ class ConsciousnessSystem:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.close()
+        """Close on a worker thread: waiting for the queries in flight must not block the loop."""
+        await asyncio.get_running_loop().run_in_executor(None, self.close)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 from mmkit.bench import cases, machine, queries, scaling
 from mmkit.bench.data import Dataset
 from mmkit.bench.harness import Outcome, Row, Settings, format_ns, table
+from mmkit.values.text import printable
 
 Case = Callable[[Settings, Dataset], Outcome]
 
@@ -70,6 +72,20 @@ def _render(rows: list[Row]) -> str:
     )
 
 
+def _unwritable(path: Path) -> str | None:
+    """Why the JSON report cannot be written to ``path``, found before minutes of measuring."""
+    if path.is_dir():
+        return "is a directory"
+    if path.exists():
+        return None if os.access(path, os.W_OK) else "is not writable"
+    parent = path.parent
+    if not parent.is_dir():
+        return f"no such directory: {printable(parent)}"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create a file in {printable(parent)}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     names = list(_cases(None))
     args = _parser(names).parse_args(argv)
@@ -78,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         _parser(names).error(f"unknown case(s): {', '.join(unknown)}; known: {', '.join(names)}")
     if args.repeat is not None and args.repeat < 1:
         _parser(names).error("--repeat must be at least 1")
+    if args.json is not None:
+        problem = _unwritable(args.json)
+        if problem is not None:
+            print(f"mmkit bench: error: --json {printable(args.json)}: {problem}", file=sys.stderr)
+            return 2
     repeat = args.repeat if args.repeat is not None else (3 if args.quick else 15)
     settings = Settings(repeat=repeat, quick=args.quick)
     chosen = _cases(args.plot)

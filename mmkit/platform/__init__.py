@@ -9,6 +9,8 @@ import ctypes
 import mmap
 import os
 import platform
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,6 +37,7 @@ __all__ = [
     "describe_system",
     "is_power_of_two",
     "populated_stdlib_map",
+    "shell_command",
     "transparent_huge_pages",
     "user_cache_dir",
 ]
@@ -102,3 +105,10 @@ def user_cache_dir() -> Path:
     else:
         base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "mmkit"
+
+
+def shell_command(*words: str) -> str:
+    """A command line the user can paste into this OS's shell."""
+    if sys.platform == "win32":
+        return subprocess.list2cmdline(words)
+    return shlex.join(words)
