@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import io
 import random
 import statistics
@@ -119,9 +118,7 @@ def demo(args: argparse.Namespace) -> int:
 def _expected_checksums(directory: Path, config: MemoryConfig) -> dict[LayerId, int]:
     expected: dict[LayerId, int] = {}
     for spec in config.dimensions:
-        path = storage.dimension_path(directory, spec)
-        with open(path, "rb") as file:
-            header = storage.read_header(file, path)
+        header = storage.read_header_file(storage.dimension_path(directory, spec))
         for index, crc in enumerate(header.layer_checksums):
             expected[LayerId(spec.id, index)] = crc
     return expected
@@ -210,18 +207,8 @@ def generate(args: argparse.Namespace) -> int:
 
 def inspect(args: argparse.Namespace) -> int:
     report = storage.inspect_file(Path(args.file))
-    print(_printable_report(report).render())
+    print(report.render())
     return 0 if report.ok else 1
-
-
-def _printable_report(report: storage.Inspection) -> storage.Inspection:
-    """The report with its path and the name read from the file made safe to print."""
-    header = report.header
-    if header is not None:
-        header = dataclasses.replace(header, name=printable(header.name))
-    return dataclasses.replace(
-        report, path=Path(printable(report.path)), header=header, verdict=printable(report.verdict)
-    )
 
 
 def bench(args: argparse.Namespace) -> int:

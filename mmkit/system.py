@@ -26,7 +26,7 @@ from types import MappingProxyType, TracebackType
 
 from mmkit.manager import MmapManager
 from mmkit.values.config import MemoryConfig
-from mmkit.values.errors import InvalidArgument, InvalidState
+from mmkit.values.errors import InvalidArgument, InvalidState, OwnsMemory
 from mmkit.values.ids import DimensionId, LayerId
 
 VOCABULARY: Mapping[str, tuple[str, ...]] = MappingProxyType(
@@ -138,7 +138,7 @@ def activate(text: str, config: MemoryConfig) -> tuple[DimensionId, ...]:
     return tuple(sorted(chosen))
 
 
-class ConsciousnessSystem:
+class ConsciousnessSystem(OwnsMemory):
     """Answers queries over a manager's dimensions; also an async context manager."""
 
     def __init__(self, config: MemoryConfig | None = None) -> None:

@@ -144,7 +144,7 @@ class FailingFile(io.FileIO):
 def test_a_read_that_fails_part_way(
     data: Path, budget: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(mmkit.storage.io, "FileIO", FailingFile)
+    monkeypatch.setattr(io, "FileIO", FailingFile)
     FailingFile.budget = budget
     with MmapManager(small_config()) as mgr:
         before = mgr.stats()

@@ -94,18 +94,19 @@ def test_concurrent_saves_never_leave_an_older_snapshot(tmp_path: Path) -> None:
     with MmapManager(small_config()) as mgr:
         mgr.load_dimension(1)
         target = tmp_path / "d1.mmkd"
+        errors: list[BaseException] = []
+        tags = iter(range(1_000_000))
+
+        def save(worker: int) -> None:
+            try:
+                if worker == 1:
+                    mgr.update_layer(LayerId(1, 1), layer_bytes(next(tags)))
+                mgr.save_dimension(1, target)
+            except BaseException as exc:
+                errors.append(exc)
+
         for round_ in range(30):
             mgr.update_layer(LayerId(1, 0), layer_bytes(round_))
-            errors: list[BaseException] = []
-
-            def save(worker: int, tag: int = round_) -> None:
-                try:
-                    if worker == 1:
-                        mgr.update_layer(LayerId(1, 1), layer_bytes(tag + 100))
-                    mgr.save_dimension(1, target)
-                except BaseException as exc:
-                    errors.append(exc)
-
             run_threads(save, 3)
             assert not errors, errors
             current = [bytes(mgr.access_layer(LayerId(1, i))) for i in range(4)]

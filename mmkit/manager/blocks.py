@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mmkit.memory.lease import Lease
 from mmkit.memory.locks import ForkSafeLock
+from mmkit.memory.pool import PoolAllocator
 from mmkit.values.errors import BlockInUse, InvalidBlock, InvalidState, LimitExceeded, OwnsMemory
 
 
@@ -69,22 +70,27 @@ class Blocks:
         self.owners: dict[str, int] = {}
         self.open = True
 
-    def check_quota(self, owner: str | None, nbytes: int, size: int) -> None:
-        if owner is None:
-            return
-        used = self.owners.get(owner, 0)
-        if used + size > self.quota:
-            raise LimitExceeded(
-                f"owner {owner!r} cannot have {nbytes} more bytes (a block of {size}): "
-                f"it uses {used} of its quota of {self.quota}"
-            )
-
-    def add(self, address: int, size: int, requested: int, owner: str | None) -> Block:
-        block = Block(self, address, size, requested, owner)
+    def allocate(self, pool: PoolAllocator, nbytes: int, owner: str | None) -> Block:
+        """A new block from ``pool``, within ``owner``'s quota; ``LimitExceeded`` otherwise."""
+        if owner is not None:
+            size = pool.block_size(nbytes)
+            used = self.owners.get(owner, 0)
+            if used + size > self.quota:
+                raise LimitExceeded(
+                    f"owner {owner!r} cannot have {nbytes} more bytes (a block of {size}): "
+                    f"it uses {used} of its quota of {self.quota}"
+                )
+        address, size = pool.allocate(nbytes)
+        block = Block(self, address, size, nbytes, owner)
         self.live[address] = block
         if owner is not None:
             self.owners[owner] = self.owners.get(owner, 0) + size
         return block
+
+    def free(self, pool: PoolAllocator, block: Block) -> None:
+        """Give a block back to ``pool`` if no view of it is left; ``BlockInUse`` otherwise."""
+        self._remove(block)
+        pool.free(block.address)
 
     def view_of(self, block: Block) -> memoryview:
         """The block's view, made now: once per block, under the manager's lock."""
@@ -100,7 +106,7 @@ class Blocks:
             block._view = block._lease.view()
             return block._view
 
-    def remove(self, block: Block) -> None:
+    def _remove(self, block: Block) -> None:
         """Take a live block out if no view of it is left; ``BlockInUse`` changes nothing."""
         if block._blocks is not self:
             raise InvalidBlock(f"block at {block.address:#x} belongs to another manager")

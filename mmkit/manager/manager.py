@@ -18,15 +18,16 @@ from types import TracebackType
 
 from mmkit import storage
 from mmkit.manager.blocks import Block, Blocks
-from mmkit.manager.dimension import ZERO, LoadedDimension, Provenance, zero_checksums
+from mmkit.manager.dimension import ZERO, LoadedDimension, Provenance
+from mmkit.manager.loading import load_region
 from mmkit.manager.publication import Publication
 from mmkit.manager.reclaim import Spans, shutdown
-from mmkit.manager.residency import Residency, check_reload
-from mmkit.manager.sources import Fill, exact_bytes, save_path
-from mmkit.manager.stats import DimensionStats, Stats
+from mmkit.manager.residency import Residency
+from mmkit.manager.sources import Fill, exact_bytes, resolve, save_path
+from mmkit.manager.stats import Stats, measure
 from mmkit.memory.lease import Lease
 from mmkit.memory.locks import ForkSafeLock, interrupts_deferred
-from mmkit.memory.pool import PoolAllocator, PoolStats
+from mmkit.memory.pool import PoolAllocator
 from mmkit.memory.region import Layout, Region, Reservation, plan_layout
 from mmkit.memory.views import scratch_view
 from mmkit.platform import BACKEND, PlatformError, Protection, VirtualMemory
@@ -46,8 +47,6 @@ from mmkit.values.errors import (
 from mmkit.values.ids import DimensionId, LayerId
 from mmkit.values.state import ManagerState
 from mmkit.values.units import format_size
-
-_EMPTY_POOL = PoolStats(0, 0, 0, 0, 0, 0, 0)
 
 
 class MmapManager(OwnsMemory):
@@ -72,14 +71,13 @@ class MmapManager(OwnsMemory):
         self._save_lock = ForkSafeLock()
         self._reservation: Reservation | None = None
         self._regions: dict[DimensionId, Region] = {}
-        self._pool: PoolAllocator | None = None
         self._published = Publication()
-        self._residency = Residency(config)
+        self._spans = Spans(self._vm)
+        self._residency = Residency(config, self._published, self._spans)
         self._last_use = self._residency.last_use
         self._ticks = self._residency.ticks
         self._tracked = self._residency.tracked
         self._blocks = Blocks(self._lock, config.user_quota)
-        self._spans = Spans(self._vm)
         self._finalizer: weakref.finalize[..., MmapManager] | None = None
         if initialize:
             self.initialize()
@@ -92,30 +90,10 @@ class MmapManager(OwnsMemory):
             if self._published.state is not ManagerState.UNINITIALIZED:
                 raise InvalidState(f"initialize: the manager is {self._published.state.value}")
             layout = self._layout
-            try:
-                reservation = Reservation(self._vm, layout.size, layout.alignment)
-            except PlatformError as exc:
-                raise from_os_error(
-                    exc, f"reserving {format_size(layout.size)} of address space"
-                ) from None
-            try:
-                if self._config.prefault:
-                    self._prefault(reservation)
-            except BaseException:
-                reservation.drop()
-                raise
+            reservation = layout.reserve(self._vm, prefault=self._config.prefault)
             self._reservation = reservation
-            self._regions = {
-                spec.id: Region(
-                    spec.id,
-                    spec.name,
-                    reservation.address + offset,
-                    spec.size,
-                    self._config.layer_size,
-                )
-                for spec, offset in layout.dimensions
-            }
-            self._pool = PoolAllocator(
+            self._regions = layout.regions(reservation.address)
+            self._spans.pool = PoolAllocator(
                 self._vm,
                 reservation.address + layout.pool_offset,
                 layout.pool_size,
@@ -123,24 +101,10 @@ class MmapManager(OwnsMemory):
             )
             # A manager dropped without close() gives its memory back like close() would.
             self._finalizer = weakref.finalize(
-                self, shutdown, self._published, self._blocks, self._spans, reservation, self._pool
+                self, shutdown, self._published, self._blocks, self._spans, reservation
             )
             self._finalizer.atexit = False  # at exit the OS takes it back; readers may still run
             self._published.publish(ManagerState.ALLOCATED)
-
-    def _prefault(self, reservation: Reservation) -> None:
-        """Commit and touch every page of the budget now, so no later access faults."""
-        layout = self._layout
-        spans = [(offset, spec.size) for spec, offset in layout.dimensions]
-        if layout.pool_size:
-            spans.append((layout.pool_offset, layout.pool_size))
-        try:
-            for offset, size in spans:
-                address = reservation.address + offset
-                self._vm.commit(address, size)
-                self._vm.prefault(address, size)
-        except PlatformError as exc:
-            raise from_os_error(exc, f"prefaulting {format_size(self._config.limit)}") from None
 
     def close(self) -> None:
         """Give the memory back. Views still held keep their memory until they are gone."""
@@ -151,11 +115,10 @@ class MmapManager(OwnsMemory):
             if finalizer is not None:
                 finalizer.detach()
             reservation, self._reservation = self._reservation, None
-            pool, self._pool = self._pool, None
             if reservation is None:  # never initialized: nothing to give back
                 self._published.publish(ManagerState.CLOSED)
                 return
-            shutdown(self._published, self._blocks, self._spans, reservation, pool)
+            shutdown(self._published, self._blocks, self._spans, reservation)
             self._residency.data = 0
 
     def __enter__(self) -> MmapManager:
@@ -201,61 +164,14 @@ class MmapManager(OwnsMemory):
         """Allocated, committed and resident bytes, what is loaded, the pool, the cap."""
         with self._lock:
             self._reap()
-            table = self._published.table
-            reservation = self._reservation
-            resident = data_resident = 0
-            dimensions: list[DimensionStats] = []
-            loaded = self._published.loaded
-            if reservation is not None:
-                try:
-                    resident = self._vm.resident(reservation.address, reservation.size)
-                    for region in self.regions():
-                        measured = self._vm.resident(region.address, region.size)
-                        dimensions.append(
-                            DimensionStats(
-                                region.id,
-                                region.name,
-                                region.address,
-                                region.size,
-                                region.id in table.layers,
-                                measured,
-                            )
-                        )
-                    data_resident = sum(d.resident for d in dimensions) + sum(
-                        self._vm.resident(copy.address, copy.size)
-                        for dimension in loaded.values()
-                        for copy in dimension.copies.values()
-                    )
-                except PlatformError as exc:
-                    raise from_os_error(exc, "measuring resident memory") from None
-            pool = self._pool.stats() if self._pool is not None else _EMPTY_POOL
-            residency = self._residency
-            return Stats(
-                state=table.state,
-                allocated=self.total_allocated(),
-                reserved=reservation.size if reservation is not None else 0,
-                committed=sum(d.region.size for d in loaded.values())
-                + self._spans.stray_bytes()
-                + pool.committed,
-                resident=resident,
-                loaded=tuple(sorted(table.layers)),
-                data=residency.data,
-                data_resident=data_resident,
-                resident_limit=self._config.effective_resident_limit,
-                pinned=residency.pinned,
-                evictions=residency.evictions,
-                reloads=residency.reloads,
-                layer_copies=sum(len(d.copies) for d in loaded.values()),
-                pool_size=pool.capacity,
-                pool_used=pool.used,
-                pool_free=pool.free,
-                pool_largest_free=pool.largest_free,
-                pool_committed=pool.committed,
-                pool_blocks=pool.blocks,
-                pool_block_bytes=pool.block_bytes,
-                fragmentation=pool.fragmentation,
-                owners=dict(self._blocks.owners),
-                dimensions=tuple(dimensions),
+            return measure(
+                self._config,
+                self._reservation,
+                self.regions() if self._published.table.open else (),
+                published=self._published,
+                residency=self._residency,
+                spans=self._spans,
+                blocks=self._blocks,
             )
 
     def __repr__(self) -> str:
@@ -281,13 +197,13 @@ class MmapManager(OwnsMemory):
             spec = self._config.dimension(dimension)
             if spec.id in self._published.loaded:
                 raise AlreadyLoaded(f"dimension {spec.id} ({spec.name}) is already loaded")
-            fill = self._resolve_source(spec, source)
+            fill = resolve(spec, source, self._config.data_dir)
             try:
                 self._load(spec, fill)
             finally:
                 if isinstance(fill, memoryview):
                     fill.release()
-            self._make_room(keep=spec.id)
+            self._residency.make_room(keep=spec.id)
 
     def evict(self, dimension: object) -> bool:
         """Drop a dimension's bytes from memory if that loses nothing and no reader holds them.
@@ -299,7 +215,7 @@ class MmapManager(OwnsMemory):
         with self._writing():
             self._reap()
             self._require_open("evict")
-            return self._evict(self._config.dimension(dimension).id)
+            return self._residency.evict(self._config.dimension(dimension).id)
 
     def save_dimension(self, dimension: object, path: str | os.PathLike[str]) -> Path:
         """Write a dimension's current bytes to a data file, atomically.
@@ -326,17 +242,8 @@ class MmapManager(OwnsMemory):
             with self._writing():
                 if self._published.loaded.get(spec.id) is loaded and loaded.version == version:
                     loaded.provenance = Provenance(target, header.layer_checksums)
-                self._make_room(keep=spec.id)
+                self._residency.make_room(keep=spec.id)
         return target
-
-    def _resolve_source(self, spec: DimensionSpec, source: object) -> Fill:
-        if source is None:
-            data_dir = self._config.data_dir
-            return None if data_dir is None else storage.dimension_path(data_dir, spec)
-        if isinstance(source, str | os.PathLike):
-            return Path(source)
-        what = f"source for {spec.id} ({spec.name})"
-        return exact_bytes(source, spec.size, what, "None, a path or ")
 
     def _ensure_loaded(self, spec: DimensionSpec) -> LoadedDimension:
         """The loaded dimension, loading it again (dropped) or on demand (data_dir) if need be."""
@@ -349,7 +256,7 @@ class MmapManager(OwnsMemory):
             fill = None if dropped.source == ZERO else Path(dropped.source)
             self._load(spec, fill, expected=dropped.checksums)
         else:
-            self._load(spec, self._resolve_source(spec, None))
+            self._load(spec, resolve(spec, None, self._config.data_dir))
         return self._published.loaded[spec.id]
 
     def _require_loadable(self, spec: DimensionSpec) -> None:
@@ -364,81 +271,9 @@ class MmapManager(OwnsMemory):
     def _load(
         self, spec: DimensionSpec, fill: Fill, *, expected: tuple[int, ...] | None = None
     ) -> None:
-        """Commit, fill, verify and publish a region; on any failure give it back as it was.
-
-        ``expected``: the checksums a reload of a dropped dimension must bring back.
-        """
-        region = self._regions[spec.id]
-        spans = self._spans
-        spans.settle(region.address, region.size, f"loading {spec.id}")
-        try:
-            self._vm.commit(region.address, region.size)
-        except PlatformError as exc:
-            spans.give_back(region.address, region.size)
-            raise from_os_error(
-                exc, f"committing {format_size(region.size)} for {spec.id}"
-            ) from None
-        filler = Lease(region.address, region.size, writable=True)
-        checksums: tuple[int, ...] | None = None
-        try:
-            target = filler.view()
-            try:
-                if isinstance(fill, Path):
-                    header = storage.read_dimension(fill, spec, region.layer_size, target)
-                    checksums = header.layer_checksums
-                    if expected is not None:
-                        check_reload(spec.id, fill, checksums, expected)
-                elif fill is not None:
-                    target[:] = fill
-            finally:
-                target.release()
-            if not filler.close():
-                raise InvalidState(f"loading {spec.id}: its memory is still in use")
-            self._vm.protect(region.address, region.size, Protection.READ)
-        except BaseException as exc:
-            spans.give_back(region.address, region.size, filler)
-            if isinstance(exc, PlatformError):
-                raise from_os_error(exc, f"loading {spec.id}") from None
-            raise
-        provenance: Provenance | None = None
-        if isinstance(fill, Path) and checksums is not None:
-            provenance = Provenance(fill, checksums)
-        elif fill is None:
-            provenance = Provenance(ZERO, zero_checksums(region.layer_count, region.layer_size))
-        loaded = LoadedDimension(spec, region, Lease(region.address, region.size), provenance)
+        loaded = load_region(self._spans, self._regions[spec.id], spec, fill, expected=expected)
         self._published.add(loaded)
-        self._residency.loaded(spec.id, region.size)
-
-    def _evict(self, dimension: DimensionId) -> bool:
-        loaded = self._published.loaded.get(dimension)
-        if loaded is None or not self._residency.provable(loaded):
-            return False
-        self._published.withdraw(dimension)
-        if not loaded.close():
-            self._published.restore(loaded)
-            self._residency.pinned += loaded.data_bytes
-            return False
-        region = loaded.region
-        self._spans.give_back(region.address, region.size)
-        for copy in loaded.copies.values():
-            self._spans.reclaim(copy, self._pool)
-        self._residency.drop(loaded)
-        return True
-
-    def _make_room(self, *, keep: DimensionId | None) -> None:
-        """Under a resident limit, drop least recently used dimensions until the data fits.
-
-        Called once the call that grew the data has succeeded. Only dimensions provably
-        reloadable and that no reader holds go; past them, the limit is soft.
-        """
-        residency = self._residency
-        residency.pinned = 0
-        if not residency.excess():
-            return
-        for dimension in residency.victims(self._published.loaded, keep):
-            self._evict(dimension)
-            if not residency.excess():
-                return
+        self._residency.loaded(spec.id, loaded.region.size)
 
     # -- reading and updating -----------------------------------------------------------
 
@@ -468,7 +303,7 @@ class MmapManager(OwnsMemory):
                 view = loaded.views[index][:]
             except ValueError:  # someone released a published view: publish fresh ones
                 view = self._published.refresh(spec.id).views[index][:]
-            self._make_room(keep=spec.id)
+            self._residency.make_room(keep=spec.id)
             return view
 
     def update_layer(self, layer: LayerId, data: object) -> None:
@@ -488,7 +323,7 @@ class MmapManager(OwnsMemory):
                 self._publish_copy(spec, index, source)
             finally:
                 source.release()
-            self._make_room(keep=spec.id)
+            self._residency.make_room(keep=spec.id)
 
     def _publish_copy(self, spec: DimensionSpec, index: int, source: memoryview) -> None:
         pool = self._pool
@@ -525,13 +360,12 @@ class MmapManager(OwnsMemory):
 
     def _reap(self) -> None:
         """Give back what no one can reach any more: retired layer copies, stray spans."""
-        pool = self._pool
-        if pool is None:
+        if self._spans.pool is None:
             return
         for lease in self._published.reclaimable():
-            self._spans.reclaim(lease, pool)
+            self._spans.reclaim(lease)
             self._residency.data -= lease.size
-        self._spans.retry(pool)
+        self._spans.retry()
 
     # -- the pool -----------------------------------------------------------------------
 
@@ -549,9 +383,7 @@ class MmapManager(OwnsMemory):
             self._require_open("allocate")
             pool = self._pool
             assert pool is not None
-            self._blocks.check_quota(owner, nbytes, pool.block_size(nbytes))
-            address, size = pool.allocate(nbytes)
-            return self._blocks.add(address, size, nbytes, owner)
+            return self._blocks.allocate(pool, nbytes, owner)
 
     def free(self, block: Block) -> None:
         """Return a block to the pool; its bytes are zeroed before anyone else gets them.
@@ -564,12 +396,15 @@ class MmapManager(OwnsMemory):
         with self._lock:
             self._reap()
             self._require_open("free")
-            self._blocks.remove(block)
             pool = self._pool
             assert pool is not None
-            pool.free(block.address)
+            self._blocks.free(pool, block)
 
     # -- internals --------------------------------------------------------------------
+
+    @property
+    def _pool(self) -> PoolAllocator | None:
+        return self._spans.pool
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:

@@ -26,10 +26,11 @@ class Spans:
     Not thread-safe by itself: the manager calls it under its lock.
     """
 
-    __slots__ = ("_copies", "_stray", "vm")
+    __slots__ = ("_copies", "_stray", "pool", "vm")
 
     def __init__(self, vm: VirtualMemory) -> None:
         self.vm = vm
+        self.pool: PoolAllocator | None = None
         # address -> (size, the lease that must close first, if any)
         self._stray: dict[int, tuple[int, Lease | None]] = {}
         self._copies: list[Lease] = []
@@ -63,8 +64,9 @@ class Spans:
             ) from None
         del self._stray[address]
 
-    def reclaim(self, copy: Lease, pool: PoolAllocator | None) -> None:
+    def reclaim(self, copy: Lease) -> None:
         """Return a closed layer copy to the pool: writable again, then freed (zeroed)."""
+        pool = self.pool
         if pool is None:
             return
         try:
@@ -74,7 +76,7 @@ class Spans:
             return
         pool.free(copy.address)
 
-    def retry(self, pool: PoolAllocator) -> None:
+    def retry(self) -> None:
         """Try again what failed before: decommits, copies that could not be made writable."""
         for address, (size, lease) in list(self._stray.items()):
             if lease is None or lease.close():
@@ -82,9 +84,9 @@ class Spans:
         if self._copies:
             copies, self._copies = self._copies, []
             for copy in copies:
-                self.reclaim(copy, pool)
-        if pool.pending:
-            pool.retry()
+                self.reclaim(copy)
+        if self.pool is not None and self.pool.pending:
+            self.pool.retry()
 
     def stray_bytes(self) -> int:
         return sum(size for size, _ in self._stray.values())
@@ -97,17 +99,14 @@ class Spans:
 
 
 def shutdown(
-    published: Publication,
-    blocks: Blocks,
-    spans: Spans,
-    reservation: Reservation,
-    pool: PoolAllocator | None,
+    published: Publication, blocks: Blocks, spans: Spans, reservation: Reservation
 ) -> None:
     """Give a manager's memory back: all of it now, or all that no view reaches.
 
     Each lease a view still holds keeps the reservation until its last view is gone; then
     the address space goes back to the OS, exactly when nothing can reach it any more.
     """
+    pool, spans.pool = spans.pool, None
     regions = [(d.region.address, d.region.size) for d in published.loaded.values()]
     leases = published.withdraw_all(ManagerState.CLOSED) + blocks.close() + spans.leases()
     held = [lease for lease in leases if not lease.close()]

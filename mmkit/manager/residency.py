@@ -11,24 +11,29 @@ checksums, and a reload that brings back anything else is a ``DataFileError``.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 from mmkit import storage
 from mmkit.manager.dimension import LoadedDimension, Provenance
+from mmkit.manager.publication import Publication
+from mmkit.manager.reclaim import Spans
 from mmkit.values.config import MemoryConfig
 from mmkit.values.errors import DataFileError, MmkitError
 from mmkit.values.ids import DimensionId
 
 
 class Residency:
-    """Use order, the cap, what was dropped and how to prove it can come back.
+    """Use order, the cap, dropping dimensions, and proving that what goes can come back.
 
-    Not thread-safe by itself, except ``last_use``/``ticks``, which readers update without
-    the lock (a lost update only makes the order slightly less recent).
+    Not thread-safe by itself (the manager calls it under its lock), except ``last_use`` and
+    ``ticks``, which readers update without the lock: a lost update only makes the order
+    slightly less recent.
     """
 
     __slots__ = (
+        "_published",
+        "_spans",
         "data",
         "dropped",
         "evictions",
@@ -40,7 +45,9 @@ class Residency:
         "tracked",
     )
 
-    def __init__(self, config: MemoryConfig) -> None:
+    def __init__(self, config: MemoryConfig, published: Publication, spans: Spans) -> None:
+        self._published = published
+        self._spans = spans
         self.limit = config.resident_limit
         self.tracked = self.limit is not None
         self.last_use: dict[DimensionId, int] = {}
@@ -58,12 +65,40 @@ class Residency:
         """Bytes of dimension data beyond the cap (0 without one)."""
         return 0 if self.limit is None else max(0, self.data - self.limit)
 
-    def victims(
-        self, loaded: Mapping[DimensionId, LoadedDimension], keep: DimensionId | None
-    ) -> list[DimensionId]:
-        """Dimensions that may be dropped, least recently used first."""
+    def make_room(self, *, keep: DimensionId | None) -> None:
+        """Drop least recently used dimensions until the data fits under the cap.
+
+        Called once the call that grew the data has succeeded, so a failed call drops
+        nothing. Past what can go, the cap is soft: ``pinned`` says how much readers held.
+        """
+        self.pinned = 0
+        if not self.excess():
+            return
+        loaded = self._published.loaded
         candidates = (d for d, dim in loaded.items() if d != keep and dim.provenance is not None)
-        return sorted(candidates, key=lambda d: self.last_use.get(d, -1))
+        for dimension in sorted(candidates, key=lambda d: self.last_use.get(d, -1)):
+            self.evict(dimension)
+            if not self.excess():
+                return
+
+    def evict(self, dimension: DimensionId) -> bool:
+        """Drop a dimension if it is provably reloadable and no reader holds any of it."""
+        published = self._published
+        loaded = published.loaded.get(dimension)
+        if loaded is None or not self.provable(loaded):
+            return False
+        published.withdraw(dimension)
+        if not loaded.close():
+            published.restore(loaded)
+            self.pinned += loaded.data_bytes
+            return False
+        self._spans.give_back(loaded.region.address, loaded.region.size)
+        for copy in loaded.copies.values():
+            self._spans.reclaim(copy)
+        self.dropped[dimension] = loaded.provenance  # type: ignore[assignment]
+        self.data -= loaded.data_bytes
+        self.evictions += 1
+        return True
 
     def provable(self, loaded: LoadedDimension) -> bool:
         """Whether the bytes in memory can be loaded back exactly as they are, checked now."""
@@ -81,13 +116,6 @@ class Residency:
             and header.layer_size == loaded.region.layer_size
             and header.layer_checksums == provenance.checksums
         )
-
-    def drop(self, loaded: LoadedDimension) -> None:
-        """Account for a dimension taken out of memory, remembering what must come back."""
-        assert loaded.provenance is not None
-        self.dropped[loaded.spec.id] = loaded.provenance
-        self.data -= loaded.data_bytes
-        self.evictions += 1
 
     def loaded(self, dimension: DimensionId, data_bytes: int) -> None:
         """Account for a dimension now in memory (a reload if it had been dropped)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mmkit import storage
+from mmkit.values.config import DimensionSpec
 from mmkit.values.errors import InvalidArgument, InvalidSource
 
 Fill = Path | memoryview | None
@@ -48,3 +50,17 @@ def save_path(path: object) -> Path:
     if "\0" in text:
         raise InvalidArgument(f"the path {text!r} contains a NUL byte")
     return Path(text)
+
+
+def resolve(spec: DimensionSpec, source: object, data_dir: Path | None) -> Fill:
+    """What ``load_dimension(spec, source)`` fills the region from; the caller releases a view.
+
+    None: the data directory's file, or zeros without one; a path; or exactly the
+    dimension's size in bytes.
+    """
+    if source is None:
+        return None if data_dir is None else storage.dimension_path(data_dir, spec)
+    if isinstance(source, str | os.PathLike):
+        return Path(source)
+    what = f"source for {spec.id} ({spec.name})"
+    return exact_bytes(source, spec.size, what, "None, a path or ")

@@ -1,11 +1,23 @@
-"""Snapshots of a manager's memory, as plain values."""
+"""Snapshots of a manager's memory, as plain values, and measuring one."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mmkit.manager.blocks import Blocks
+from mmkit.manager.publication import Publication
+from mmkit.manager.reclaim import Spans
+from mmkit.manager.residency import Residency
+from mmkit.memory.pool import PoolStats
+from mmkit.memory.region import Region, Reservation
+from mmkit.platform import PlatformError
+from mmkit.values.config import MemoryConfig
+from mmkit.values.errors import from_os_error
 from mmkit.values.ids import DimensionId
 from mmkit.values.state import ManagerState
+
+_EMPTY_POOL = PoolStats(0, 0, 0, 0, 0, 0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,3 +70,69 @@ class Stats:
     def over_limit(self) -> int:
         """Bytes of dimension data beyond ``resident_limit`` (held by readers' pins)."""
         return max(0, self.data - self.resident_limit)
+
+
+def measure(
+    config: MemoryConfig,
+    reservation: Reservation | None,
+    regions: Sequence[Region],
+    *,
+    published: Publication,
+    residency: Residency,
+    spans: Spans,
+    blocks: Blocks,
+) -> Stats:
+    """The snapshot: the manager's own accounting, and resident bytes asked of the OS."""
+    vm = spans.vm
+    table = published.table
+    loaded = published.loaded
+    resident = data_resident = 0
+    dimensions: list[DimensionStats] = []
+    try:
+        if reservation is not None:
+            resident = vm.resident(reservation.address, reservation.size)
+        for region in regions:
+            dimensions.append(
+                DimensionStats(
+                    region.id,
+                    region.name,
+                    region.address,
+                    region.size,
+                    region.id in table.layers,
+                    vm.resident(region.address, region.size),
+                )
+            )
+        copies = [copy for dimension in loaded.values() for copy in dimension.copies.values()]
+        data_resident = sum(d.resident for d in dimensions if d.loaded) + sum(
+            vm.resident(copy.address, copy.size) for copy in copies
+        )
+    except PlatformError as exc:
+        raise from_os_error(exc, "measuring resident memory") from None
+    pool = spans.pool.stats() if spans.pool is not None else _EMPTY_POOL
+    return Stats(
+        state=table.state,
+        allocated=config.limit if table.open else 0,
+        reserved=reservation.size if reservation is not None else 0,
+        committed=sum(d.region.size for d in loaded.values())
+        + spans.stray_bytes()
+        + pool.committed,
+        resident=resident,
+        loaded=tuple(sorted(table.layers)),
+        data=residency.data,
+        data_resident=data_resident,
+        resident_limit=config.effective_resident_limit,
+        pinned=residency.pinned,
+        evictions=residency.evictions,
+        reloads=residency.reloads,
+        layer_copies=len(copies),
+        pool_size=pool.capacity,
+        pool_used=pool.used,
+        pool_free=pool.free,
+        pool_largest_free=pool.largest_free,
+        pool_committed=pool.committed,
+        pool_blocks=pool.blocks,
+        pool_block_bytes=pool.block_bytes,
+        fragmentation=pool.fragmentation,
+        owners=dict(blocks.owners),
+        dimensions=tuple(dimensions),
+    )

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from mmkit.memory.locks import ForkSafeLock
 from mmkit.platform import PlatformError, VirtualMemory, align_up
 from mmkit.values.config import DimensionSpec, MemoryConfig
-from mmkit.values.errors import InvalidState, OwnsMemory
+from mmkit.values.errors import InvalidState, OwnsMemory, from_os_error
 from mmkit.values.ids import DimensionId
+from mmkit.values.units import format_size
 
 
 class Reservation(OwnsMemory):
@@ -91,6 +92,38 @@ class Layout:
     dimensions: tuple[tuple[DimensionSpec, int], ...]
     pool_offset: int
     pool_size: int
+    layer_size: int
+
+    def regions(self, base: int) -> dict[DimensionId, Region]:
+        """Where each dimension lives in a reservation starting at ``base``."""
+        return {
+            spec.id: Region(spec.id, spec.name, base + offset, spec.size, self.layer_size)
+            for spec, offset in self.dimensions
+        }
+
+    def reserve(self, vm: VirtualMemory, *, prefault: bool) -> Reservation:
+        """Reserve the budget; with ``prefault``, commit and touch every page of it now."""
+        try:
+            reservation = Reservation(vm, self.size, self.alignment)
+        except PlatformError as exc:
+            raise from_os_error(
+                exc, f"reserving {format_size(self.size)} of address space"
+            ) from None
+        if not prefault:
+            return reservation
+        spans = [(offset, spec.size) for spec, offset in self.dimensions]
+        if self.pool_size:
+            spans.append((self.pool_offset, self.pool_size))
+        try:
+            for offset, size in spans:
+                vm.commit(reservation.address + offset, size)
+                vm.prefault(reservation.address + offset, size)
+        except BaseException as exc:
+            reservation.drop()
+            if isinstance(exc, PlatformError):
+                raise from_os_error(exc, f"prefaulting {format_size(self.size)}") from None
+            raise
+        return reservation
 
 
 def plan_layout(config: MemoryConfig, page_size: int, alignment: int) -> Layout:
@@ -105,4 +138,4 @@ def plan_layout(config: MemoryConfig, page_size: int, alignment: int) -> Layout:
     pool_size = config.pool_size
     if pool_size:
         offset = align_up(offset + pool_size + page_size, alignment)
-    return Layout(offset, alignment, tuple(placed), pool_offset, pool_size)
+    return Layout(offset, alignment, tuple(placed), pool_offset, pool_size, config.layer_size)

@@ -10,9 +10,6 @@ file or the new one under that name, never a mix. Modules: ``format`` (the layou
 
 from __future__ import annotations
 
-# Kept as ``mmkit.storage.io``: tests patch ``io.FileIO`` through it to fake failing reads.
-import io  # noqa: F401
-
 from mmkit.storage.dataset import Progress, generate_dataset
 from mmkit.storage.files import Buffer, open_regular
 from mmkit.storage.format import (
