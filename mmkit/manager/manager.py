@@ -360,7 +360,7 @@ class MmapManager(OwnsMemory):
 
     def _reap(self) -> None:
         """Give back what no one can reach any more: retired layer copies, stray spans."""
-        if self._spans.pool is None:
+        if not (self._published.retired or self._spans.pending) or self._spans.pool is None:
             return
         for lease in self._published.reclaimable():
             self._spans.reclaim(lease)

@@ -76,6 +76,12 @@ class Spans:
             return
         pool.free(copy.address)
 
+    @property
+    def pending(self) -> bool:
+        """Whether anything waits to be tried again."""
+        pool = self.pool
+        return bool(self._stray or self._copies) or (pool is not None and pool.pending)
+
     def retry(self) -> None:
         """Try again what failed before: decommits, copies that could not be made writable."""
         for address, (size, lease) in list(self._stray.items()):

@@ -17,45 +17,28 @@ hands it to the program's own handler as soon as the write is whole.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import signal
 import threading
 import weakref
 from collections.abc import Iterator
-from types import FrameType, TracebackType
+from types import FrameType
 
 
-class ForkSafeLock:
-    """A re-entrant lock that a forked child gets back unlocked.
+class ForkSafeLock(_thread.RLock):  # type: ignore[misc]
+    """A re-entrant lock that a forked child gets back unlocked (a C ``RLock`` underneath).
 
     ``held_across_fork``: the parent acquires it before ``fork`` (waiting for the holder to
-    finish) and releases it after, in parent and child alike.
+    finish) and releases it after; the child gets it fresh.
     """
 
-    __slots__ = ("__weakref__", "_lock")
+    __slots__ = ()
 
     def __init__(self, *, held_across_fork: bool = False) -> None:
-        self._lock = threading.RLock()
+        super().__init__()
         (_STATE_LOCKS if held_across_fork else _COUNTER_LOCKS).add(self)
-
-    def acquire(self) -> None:
-        self._lock.acquire()
-
-    def release(self) -> None:
-        self._lock.release()
-
-    def __enter__(self) -> ForkSafeLock:
-        self._lock.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._lock.release()
 
 
 _STATE_LOCKS: weakref.WeakSet[ForkSafeLock] = weakref.WeakSet()
@@ -85,7 +68,7 @@ def _after_fork_in_parent() -> None:
 def _after_fork_in_child() -> None:
     _TAKEN.clear()
     for lock in [*_STATE_LOCKS, *_COUNTER_LOCKS]:
-        lock._lock = threading.RLock()
+        lock._at_fork_reinit()  # type: ignore[attr-defined]  # how threading resets its own
 
 
 if hasattr(os, "register_at_fork"):
