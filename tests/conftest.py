@@ -92,6 +92,23 @@ def vm_size_kib() -> int:
     raise AssertionError("no VmSize in /proc/self/status")
 
 
+def exhaust_mappings(page_size: int) -> list[object]:
+    """Map single pages until the kernel refuses one more (its map count limit).
+
+    Neighbours alternate protections, so the kernel cannot merge them into one mapping.
+    Keep the result alive while the limit should hold; drop it to give the mappings back.
+    """
+    import mmap
+
+    maps: list[object] = []
+    try:
+        while True:
+            prot = mmap.PROT_READ if len(maps) % 2 else mmap.PROT_READ | mmap.PROT_WRITE
+            maps.append(mmap.mmap(-1, page_size, prot=prot))
+    except OSError:
+        return maps
+
+
 def run_python(code: str, *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run a scenario in a fresh interpreter; the caller asserts on its exit code."""
     return subprocess.run(

@@ -153,21 +153,14 @@ def test_running_out_of_mappings_is_named_and_changes_nothing() -> None:
     """D13: at vm.max_map_count, update_layer said OutOfMemory with 144 MiB free."""
     result = run_python(
         """
-        import mmap
         import mmkit
         from mmkit import LayerId, MmapManager
         from mmkit.platform import PAGE_SIZE
-        from tests.conftest import small_config
+        from tests.conftest import exhaust_mappings, small_config
         mgr = MmapManager(small_config())
         mgr.load_dimension(1)
         before = mgr.stats()
-        maps = []
-        try:
-            while True:  # alternate protections so the kernel cannot merge them
-                prot = mmap.PROT_READ if len(maps) % 2 else mmap.PROT_READ | mmap.PROT_WRITE
-                maps.append(mmap.mmap(-1, PAGE_SIZE, prot=prot))
-        except OSError:
-            pass
+        maps = exhaust_mappings(PAGE_SIZE)
         try:
             mgr.update_layer(LayerId(1, 2), b"\\x01" * PAGE_SIZE)
         except mmkit.OutOfMappings as exc:

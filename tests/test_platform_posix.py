@@ -239,19 +239,13 @@ def test_running_out_of_mappings_is_named() -> None:
     """ENOMEM at the map count limit says so, and becomes OutOfMappings, not plain OutOfMemory."""
     result = run_python(
         """
-        import mmap
         from mmkit.platform import BACKEND, PlatformError, Protection
         from mmkit.values.errors import OutOfMappings, from_os_error
+        from tests.conftest import exhaust_mappings
         page = BACKEND.page_size
         address = BACKEND.reserve(8 * page)
         BACKEND.commit(address, 8 * page)
-        maps = []
-        try:
-            while True:  # alternate protections so the kernel cannot merge them
-                prot = mmap.PROT_READ if len(maps) % 2 else mmap.PROT_READ | mmap.PROT_WRITE
-                maps.append(mmap.mmap(-1, page, prot=prot))
-        except OSError:
-            pass
+        maps = exhaust_mappings(page)
         try:
             BACKEND.protect(address + page, page, Protection.READ)
         except PlatformError as exc:

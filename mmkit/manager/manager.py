@@ -23,7 +23,7 @@ from mmkit.manager.loading import load_region
 from mmkit.manager.publication import Publication
 from mmkit.manager.reclaim import Spans, shutdown
 from mmkit.manager.residency import Residency
-from mmkit.manager.sources import Fill, exact_bytes, resolve, save_path
+from mmkit.manager.sources import Fill, exact_bytes, resolve
 from mmkit.manager.stats import Stats, measure
 from mmkit.memory.lease import Lease
 from mmkit.memory.locks import ForkSafeLock, interrupts_deferred
@@ -224,7 +224,7 @@ class MmapManager(OwnsMemory):
         that file, unless it is updated again first. Saves of one manager run one at a time,
         so a later save always writes later bytes.
         """
-        target = save_path(path)
+        target = Path(storage.checked_path(path))
         spec = self._config.dimension(dimension)
         storage.check_savable(spec, self._config.layer_size)
         with self._save_lock:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mmkit import storage
 from mmkit.values.config import DimensionSpec
-from mmkit.values.errors import InvalidArgument, InvalidSource
+from mmkit.values.errors import InvalidSource
 
 Fill = Path | memoryview | None
 """What a region is filled from: a data file, a caller's bytes, or nothing (zeros)."""
@@ -36,20 +36,6 @@ def exact_bytes(data: object, size: int, what: str, alternatives: str = "") -> m
         else:
             return view.cast("B")  # outlives ``view``: both share one managed buffer
     raise InvalidSource(f"{what} {problem}")
-
-
-def save_path(path: object) -> Path:
-    """A path to save to, or ``InvalidArgument`` for one that cannot name a file."""
-    if not isinstance(path, str | os.PathLike):
-        raise InvalidArgument(f"save_dimension needs a path, not {type(path).__name__}")
-    text = os.fspath(path)
-    if not isinstance(text, str):
-        raise InvalidArgument(f"save_dimension needs a str path, not {type(text).__name__}")
-    if not text:
-        raise InvalidArgument("save_dimension needs a file name, not an empty path")
-    if "\0" in text:
-        raise InvalidArgument(f"the path {text!r} contains a NUL byte")
-    return Path(text)
 
 
 def resolve(spec: DimensionSpec, source: object, data_dir: Path | None) -> Fill:

@@ -11,7 +11,7 @@ file or the new one under that name, never a mix. Modules: ``format`` (the layou
 from __future__ import annotations
 
 from mmkit.storage.dataset import Progress, generate_dataset
-from mmkit.storage.files import Buffer, open_regular
+from mmkit.storage.files import Buffer, checked_path, open_regular
 from mmkit.storage.format import (
     FORMAT_VERSION,
     MAGIC,
@@ -45,6 +45,7 @@ __all__ = [
     "LayerCheck",
     "Progress",
     "check_savable",
+    "checked_path",
     "dimension_filename",
     "dimension_path",
     "encode_header",
