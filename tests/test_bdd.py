@@ -176,7 +176,7 @@ def readers_never_wait_for_writers(world: World) -> None:
             world.reads_while_locked += 1
         done.set()
 
-    with manager._lock:
+    with manager._guard.lock:
         thread = threading.Thread(target=reader)
         thread.start()
         assert done.wait(timeout=60), "a reader waited for the write lock"

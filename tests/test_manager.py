@@ -27,7 +27,7 @@ from mmkit import (
     address_of,
 )
 from mmkit.platform import PAGE_SIZE
-from tests.conftest import mapped_bytes_in, mappings, run_threads, small_config, vm_size_kib
+from tests.conftest import mapped_bytes_in, mappings, run_python, run_threads, small_config
 
 
 def pattern(size: int, seed: int = 1) -> bytes:
@@ -357,16 +357,26 @@ def test_dropping_the_manager_releases_the_mapping(config: MemoryConfig) -> None
 
 
 def test_a_thousand_cycles_leave_no_trace() -> None:
-    def cycle() -> None:
-        with MmapManager(MemoryConfig()) as mgr:
-            mgr.load_dimension(14)
-            mgr.access_layer(LayerId(14, 3))
+    """In a child of its own, so no other test's threads map memory meanwhile."""
+    result = run_python(
+        """
+        from mmkit import LayerId, MemoryConfig, MmapManager
+        from tests.conftest import mappings, vm_size_kib
 
-    cycle()
-    maps, size = len(mappings()), vm_size_kib()
-    for _ in range(1000):
+        def cycle():
+            with MmapManager(MemoryConfig()) as mgr:
+                mgr.load_dimension(14)
+                mgr.access_layer(LayerId(14, 3))
+
         cycle()
-    # One leaked cycle would be 300+ MiB and a mapping; the interpreter's own allocator
-    # moves the count and size by a little either way.
-    assert len(mappings()) <= maps
-    assert vm_size_kib() <= size + 1024
+        maps, size = len(mappings()), vm_size_kib()
+        for _ in range(1000):
+            cycle()
+        # One leaked cycle would be 300+ MiB and a mapping; the interpreter's own allocator
+        # moves the count and size by a little either way.
+        assert len(mappings()) <= maps, (len(mappings()), maps)
+        assert vm_size_kib() <= size + 1024, (vm_size_kib(), size)
+        """,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr

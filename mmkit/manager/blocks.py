@@ -8,7 +8,7 @@ first, and any other view (a slice, a numpy array) makes it refuse with ``BlockI
 from __future__ import annotations
 
 from mmkit.memory.lease import Lease
-from mmkit.memory.locks import ForkSafeLock
+from mmkit.memory.locks import WriteGuard
 from mmkit.memory.pool import PoolAllocator
 from mmkit.values.errors import BlockInUse, InvalidBlock, InvalidState, LimitExceeded, OwnsMemory
 
@@ -61,10 +61,10 @@ class Block(OwnsMemory):
 class Blocks:
     """One manager's live blocks and the bytes each owner holds against its quota."""
 
-    __slots__ = ("_lock", "live", "open", "owners", "quota")
+    __slots__ = ("_guard", "live", "open", "owners", "quota")
 
-    def __init__(self, lock: ForkSafeLock, quota: int) -> None:
-        self._lock = lock
+    def __init__(self, guard: WriteGuard, quota: int) -> None:
+        self._guard = guard
         self.quota = quota
         self.live: dict[int, Block] = {}
         self.owners: dict[str, int] = {}
@@ -93,8 +93,8 @@ class Blocks:
         pool.free(block.address)
 
     def view_of(self, block: Block) -> memoryview:
-        """The block's view, made now: once per block, under the manager's lock."""
-        with self._lock:
+        """The block's view, made now: once per block, under the manager's write guard."""
+        with self._guard:
             if block._freed:
                 raise InvalidBlock(f"block at {block.address:#x} has been freed")
             if block._view is not None:

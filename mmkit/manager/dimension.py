@@ -92,11 +92,20 @@ class LoadedDimension:
         self.views = ()
 
     def close(self) -> bool:
-        """End every lease if no reader holds a slice of any (after ``withdraw``)."""
-        leases = self.leases()
-        if any(lease.exports for lease in leases):
-            return False
-        return all([lease.close() for lease in leases])
+        """End every lease if no reader holds a view of any (after ``withdraw``).
+
+        If one is still held, the dimension stays whole: the leases that did close are
+        replaced by fresh ones over the same memory, ready to be published again.
+        """
+        closed = [lease.close() for lease in self.leases()]
+        if all(closed):
+            return True
+        if closed[0]:
+            self.base = Lease(self.region.address, self.region.size)
+        for (index, copy), done in zip(list(self.copies.items()), closed[1:], strict=True):
+            if done:
+                self.copies[index] = Lease(copy.address, copy.size)
+        return False
 
     def replace_layer(self, index: int, copy: Lease) -> tuple[Lease | None, memoryview]:
         """Make ``copy`` layer ``index``; return the copy it replaces and the view to release.

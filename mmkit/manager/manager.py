@@ -1,7 +1,9 @@
 """``MmapManager``: the budget, the spec's state machine, and the face over its parts.
 
 Readers take no lock: ``access_layer`` slices a published view out of the table
-(``publication``). Writers are serialised by ``self._lock`` and publish a new table when done.
+(``publication``). Writers go one at a time through ``self._guard`` (which also holds Ctrl-C
+and refuses re-entry) and publish a new table when done. Whatever a caller passes in is
+turned into plain values before the guard, so no caller code runs inside a write.
 Memory goes back to the OS or the pool only when its lease says that no view of it is left
 (``mmkit.memory.lease``); residency under ``resident_limit`` is ``residency``, pool blocks
 ``blocks``, and giving everything back at close ``shutdown``.
@@ -9,10 +11,9 @@ Memory goes back to the OS or the pool only when its lease says that no view of 
 
 from __future__ import annotations
 
-import contextlib
+import operator
 import os
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -21,16 +22,17 @@ from mmkit.manager.blocks import Block, Blocks
 from mmkit.manager.dimension import ZERO, LoadedDimension, Provenance
 from mmkit.manager.loading import load_region
 from mmkit.manager.publication import Publication
-from mmkit.manager.reclaim import Spans, shutdown
+from mmkit.manager.reclaim import Spans, abandon, shutdown
 from mmkit.manager.residency import Residency
 from mmkit.manager.sources import Fill, exact_bytes, resolve
 from mmkit.manager.stats import Stats, measure
 from mmkit.memory.lease import Lease
-from mmkit.memory.locks import ForkSafeLock, interrupts_deferred
+from mmkit.memory.locks import ForkSafeLock, WriteGuard
 from mmkit.memory.pool import PoolAllocator
 from mmkit.memory.region import Layout, Region, Reservation, plan_layout
 from mmkit.memory.views import scratch_view
 from mmkit.platform import BACKEND, PlatformError, Protection, VirtualMemory
+from mmkit.platform.interrupts import deliver, hold
 from mmkit.values.config import DimensionSpec, MemoryConfig
 from mmkit.values.errors import (
     AlreadyLoaded,
@@ -67,7 +69,7 @@ class MmapManager(OwnsMemory):
         self._vm = BACKEND if backend is None else backend
         alignment = max(self._vm.granularity, self._vm.huge_page_size)
         self._layout: Layout = plan_layout(config, self._vm.page_size, alignment)
-        self._lock = ForkSafeLock(held_across_fork=True)
+        self._guard = WriteGuard()
         self._save_lock = ForkSafeLock()
         self._reservation: Reservation | None = None
         self._regions: dict[DimensionId, Region] = {}
@@ -77,7 +79,7 @@ class MmapManager(OwnsMemory):
         self._last_use = self._residency.last_use
         self._ticks = self._residency.ticks
         self._tracked = self._residency.tracked
-        self._blocks = Blocks(self._lock, config.user_quota)
+        self._blocks = Blocks(self._guard, config.user_quota)
         self._finalizer: weakref.finalize[..., MmapManager] | None = None
         if initialize:
             self.initialize()
@@ -86,7 +88,7 @@ class MmapManager(OwnsMemory):
 
     def initialize(self) -> None:
         """Reserve the whole budget in one piece and lay the regions out in it."""
-        with self._writing():
+        with self._guard:
             if self._published.state is not ManagerState.UNINITIALIZED:
                 raise InvalidState(f"initialize: the manager is {self._published.state.value}")
             layout = self._layout
@@ -101,14 +103,14 @@ class MmapManager(OwnsMemory):
             )
             # A manager dropped without close() gives its memory back like close() would.
             self._finalizer = weakref.finalize(
-                self, shutdown, self._published, self._blocks, self._spans, reservation
+                self, abandon, self._guard, self._published, self._blocks, self._spans, reservation
             )
             self._finalizer.atexit = False  # at exit the OS takes it back; readers may still run
             self._published.publish(ManagerState.ALLOCATED)
 
     def close(self) -> None:
         """Give the memory back. Views still held keep their memory until they are gone."""
-        with self._writing():
+        with self._guard:
             if self._published.state is ManagerState.CLOSED:
                 return
             finalizer, self._finalizer = self._finalizer, None
@@ -162,7 +164,7 @@ class MmapManager(OwnsMemory):
 
     def stats(self) -> Stats:
         """Allocated, committed and resident bytes, what is loaded, the pool, the cap."""
-        with self._lock:
+        with self._guard:
             self._reap()
             return measure(
                 self._config,
@@ -191,19 +193,20 @@ class MmapManager(OwnsMemory):
         ``source``: None for the data directory's file (zero-filled with no data directory),
         a path to a data file, or a bytes-like object of exactly the dimension's size.
         """
-        with self._writing():
-            self._reap()
-            self._require_open("load_dimension")
-            spec = self._config.dimension(dimension)
-            if spec.id in self._published.loaded:
-                raise AlreadyLoaded(f"dimension {spec.id} ({spec.name}) is already loaded")
-            fill = resolve(spec, source, self._config.data_dir)
-            try:
+        self._require_open("load_dimension")
+        spec = self._config.dimension(dimension)
+        self._require_unloaded(spec)
+        fill = resolve(spec, source, self._config.data_dir)
+        try:
+            with self._guard:
+                self._reap()
+                self._require_open("load_dimension")
+                self._require_unloaded(spec)
                 self._load(spec, fill)
-            finally:
-                if isinstance(fill, memoryview):
-                    fill.release()
-            self._residency.make_room(keep=spec.id)
+                self._residency.make_room(keep=spec.id)
+        finally:
+            if isinstance(fill, memoryview):
+                fill.release()
 
     def evict(self, dimension: object) -> bool:
         """Drop a dimension's bytes from memory if that loses nothing and no reader holds them.
@@ -212,10 +215,12 @@ class MmapManager(OwnsMemory):
         is not loaded, cannot be proven reloadable as it is (loaded from a buffer, updated
         and not saved since, its file changed or gone), or a reader holds a view of it.
         """
-        with self._writing():
+        self._require_open("evict")
+        spec = self._config.dimension(dimension)
+        with self._guard:
             self._reap()
             self._require_open("evict")
-            return self._residency.evict(self._config.dimension(dimension).id)
+            return self._residency.evict(spec.id)
 
     def save_dimension(self, dimension: object, path: str | os.PathLike[str]) -> Path:
         """Write a dimension's current bytes to a data file, atomically.
@@ -228,7 +233,7 @@ class MmapManager(OwnsMemory):
         spec = self._config.dimension(dimension)
         storage.check_savable(spec, self._config.layer_size)
         with self._save_lock:
-            with self._writing():
+            with self._guard:
                 self._reap()
                 self._require_open("save_dimension")
                 loaded = self._ensure_loaded(spec)
@@ -239,7 +244,7 @@ class MmapManager(OwnsMemory):
             finally:
                 for view in views:
                     view.release()
-            with self._writing():
+            with self._guard:
                 if self._published.loaded.get(spec.id) is loaded and loaded.version == version:
                     loaded.provenance = Provenance(target, header.layer_checksums)
                 self._residency.make_room(keep=spec.id)
@@ -258,6 +263,10 @@ class MmapManager(OwnsMemory):
         else:
             self._load(spec, resolve(spec, None, self._config.data_dir))
         return self._published.loaded[spec.id]
+
+    def _require_unloaded(self, spec: DimensionSpec) -> None:
+        if spec.id in self._published.loaded:
+            raise AlreadyLoaded(f"dimension {spec.id} ({spec.name}) is already loaded")
 
     def _require_loadable(self, spec: DimensionSpec) -> None:
         """``NotLoaded`` unless the dimension is loaded or can be loaded without being told how."""
@@ -293,8 +302,9 @@ class MmapManager(OwnsMemory):
         return self._access_slow(layer)
 
     def _access_slow(self, layer: object) -> memoryview:
-        with self._writing():
-            spec, index = self._check_layer("access_layer", layer)
+        plain = self._plain_layer("access_layer", layer)
+        with self._guard:
+            spec, index = self._check_layer("access_layer", plain)
             loaded = self._ensure_loaded(spec)
             if self._published.state is not ManagerState.ACTIVE:
                 self._published.publish(ManagerState.ACTIVE)
@@ -313,17 +323,17 @@ class MmapManager(OwnsMemory):
         new ones. The copy lives in the pool; the old one goes back to it once its last
         reader lets go. A failed update changes nothing.
         """
-        with self._writing():
-            self._reap()
-            spec, index = self._check_layer("update_layer", layer)
-            size = self._config.layer_size
-            source = exact_bytes(data, size, f"new bytes for {LayerId(spec.id, index)}")
-            try:
+        plain = self._plain_layer("update_layer", layer)
+        source = exact_bytes(data, self._config.layer_size, f"new bytes for {plain}")
+        try:
+            with self._guard:
+                self._reap()
+                spec, index = self._check_layer("update_layer", plain)
                 self._require_loadable(spec)
                 self._publish_copy(spec, index, source)
-            finally:
-                source.release()
-            self._residency.make_room(keep=spec.id)
+                self._residency.make_room(keep=spec.id)
+        finally:
+            source.release()
 
     def _publish_copy(self, spec: DimensionSpec, index: int, source: memoryview) -> None:
         pool = self._pool
@@ -345,11 +355,15 @@ class MmapManager(OwnsMemory):
         self._published.replace_layer(spec.id, index, Lease(address, size))
         self._residency.data += block
 
-    def _check_layer(self, operation: str, layer: object) -> tuple[DimensionSpec, int]:
+    def _plain_layer(self, operation: str, layer: object) -> LayerId:
+        """``layer`` as a plain, validated ``LayerId`` (a subclass's own code runs here)."""
         if not isinstance(layer, LayerId):
             raise InvalidId(f"{operation} needs a LayerId, not {type(layer).__name__}")
         self._require_open(operation)
-        layer = LayerId(layer[0], layer[1])  # the fields as validated, whatever the subclass
+        return layer if type(layer) is LayerId else LayerId(layer[0], layer[1])
+
+    def _check_layer(self, operation: str, layer: LayerId) -> tuple[DimensionSpec, int]:
+        self._require_open(operation)
         spec = self._config.dimension(layer.dimension)
         count = spec.size // self._config.layer_size
         if layer.index >= count:
@@ -360,7 +374,11 @@ class MmapManager(OwnsMemory):
 
     def _reap(self) -> None:
         """Give back what no one can reach any more: retired layer copies, stray spans."""
-        if not (self._published.retired or self._spans.pending) or self._spans.pool is None:
+        spans = self._spans
+        pool = spans.pool
+        if pool is None or not (
+            self._published.retired or spans.stray or spans.unfreed or pool.pending
+        ):
             return
         for lease in self._published.reclaimable():
             self._spans.reclaim(lease)
@@ -374,16 +392,37 @@ class MmapManager(OwnsMemory):
 
         ``LimitExceeded`` (also a ``MemoryError``) when the pool or the quota cannot hold it.
         """
-        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes <= 0:
-            raise InvalidArgument(f"allocate needs a positive int number of bytes, not {nbytes!r}")
-        if owner is not None and (not isinstance(owner, str) or not owner):
-            raise InvalidArgument(f"owner must be a non-empty str or None, not {owner!r}")
-        with self._lock:
-            self._reap()
-            self._require_open("allocate")
-            pool = self._pool
-            assert pool is not None
-            return self._blocks.allocate(pool, nbytes, owner)
+        if type(nbytes) is not int or nbytes <= 0:  # plain values: no caller code in the write
+            if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes <= 0:
+                raise InvalidArgument(
+                    f"allocate needs a positive int number of bytes, not {nbytes!r}"
+                )
+            nbytes = operator.index(nbytes)
+        if owner is not None:
+            if not isinstance(owner, str) or not owner:
+                raise InvalidArgument(f"owner must be a non-empty str or None, not {owner!r}")
+            owner = str.__str__(owner)
+        # ``with self._guard``, written out: the pool pair is the manager's hottest write.
+        guard = self._guard
+        held = hold()
+        try:
+            with guard.lock:
+                if guard.busy:
+                    guard.enter()  # refuses
+                guard.busy = True
+                try:
+                    pool = self._spans.pool
+                    if pool is None or not self._published.table.open:
+                        self._require_open("allocate")
+                    assert pool is not None
+                    spans = self._spans
+                    if self._published.retired or spans.stray or spans.unfreed or pool.pending:
+                        self._reap()
+                    return self._blocks.allocate(pool, nbytes, owner)
+                finally:
+                    guard.busy = False
+        finally:
+            deliver(held)
 
     def free(self, block: Block) -> None:
         """Return a block to the pool; its bytes are zeroed before anyone else gets them.
@@ -393,24 +432,32 @@ class MmapManager(OwnsMemory):
         """
         if not isinstance(block, Block):
             raise InvalidBlock(f"free needs a Block, not {type(block).__name__}")
-        with self._lock:
-            self._reap()
-            self._require_open("free")
-            pool = self._pool
-            assert pool is not None
-            self._blocks.free(pool, block)
+        guard = self._guard  # as in ``allocate``
+        held = hold()
+        try:
+            with guard.lock:
+                if guard.busy:
+                    guard.enter()  # refuses
+                guard.busy = True
+                try:
+                    pool = self._spans.pool
+                    if pool is None or not self._published.table.open:
+                        self._require_open("free")
+                    assert pool is not None
+                    spans = self._spans
+                    if self._published.retired or spans.stray or spans.unfreed or pool.pending:
+                        self._reap()
+                    self._blocks.free(pool, block)
+                finally:
+                    guard.busy = False
+        finally:
+            deliver(held)
 
     # -- internals --------------------------------------------------------------------
 
     @property
     def _pool(self) -> PoolAllocator | None:
         return self._spans.pool
-
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
-        """The write lock, with Ctrl-C held until the write is whole (see ``memory.locks``)."""
-        with self._lock, interrupts_deferred():
-            yield
 
     def _require_open(self, operation: str) -> None:
         table = self._published.table

@@ -13,6 +13,7 @@ import contextlib
 from mmkit.manager.blocks import Blocks
 from mmkit.manager.publication import Publication
 from mmkit.memory.lease import Lease
+from mmkit.memory.locks import WriteGuard
 from mmkit.memory.pool import PoolAllocator
 from mmkit.memory.region import Reservation
 from mmkit.platform import PlatformError, Protection, VirtualMemory, align_down, align_up
@@ -26,30 +27,31 @@ class Spans:
     Not thread-safe by itself: the manager calls it under its lock.
     """
 
-    __slots__ = ("_copies", "_stray", "pool", "vm")
+    __slots__ = ("pool", "stray", "unfreed", "vm")
 
     def __init__(self, vm: VirtualMemory) -> None:
         self.vm = vm
         self.pool: PoolAllocator | None = None
         # address -> (size, the lease that must close first, if any)
-        self._stray: dict[int, tuple[int, Lease | None]] = {}
-        self._copies: list[Lease] = []
+        self.stray: dict[int, tuple[int, Lease | None]] = {}
+        # closed layer copies the pool could not take back yet (still read-only)
+        self.unfreed: list[Lease] = []
 
     def give_back(self, address: int, size: int, lease: Lease | None = None) -> None:
         """Decommit a span now if no view reaches it, else as soon as none does."""
         if lease is not None and not lease.close():
-            self._stray[address] = (size, lease)
+            self.stray[address] = (size, lease)
             return
         try:
             self.vm.decommit(address, size)
         except PlatformError:
-            self._stray[address] = (size, None)
+            self.stray[address] = (size, None)
         else:
-            self._stray.pop(address, None)
+            self.stray.pop(address, None)
 
     def settle(self, address: int, size: int, action: str) -> None:
         """Make a span known-clean before it is used again; the OS error if it cannot be."""
-        entry = self._stray.get(address)
+        entry = self.stray.get(address)
         if entry is None:
             return
         lease = entry[1]
@@ -58,11 +60,11 @@ class Spans:
         try:
             self.vm.decommit(address, size)
         except PlatformError as exc:
-            self._stray[address] = (size, None)
+            self.stray[address] = (size, None)
             raise from_os_error(
                 exc, f"{action}: giving back what an earlier failure left"
             ) from None
-        del self._stray[address]
+        del self.stray[address]
 
     def reclaim(self, copy: Lease) -> None:
         """Return a closed layer copy to the pool: writable again, then freed (zeroed)."""
@@ -72,36 +74,30 @@ class Spans:
         try:
             self.vm.protect(copy.address, copy.size, Protection.READ_WRITE)
         except PlatformError:
-            self._copies.append(copy)  # still read-only: the pool cannot zero it yet
+            self.unfreed.append(copy)  # still read-only: the pool cannot zero it yet
             return
         pool.free(copy.address)
 
-    @property
-    def pending(self) -> bool:
-        """Whether anything waits to be tried again."""
-        pool = self.pool
-        return bool(self._stray or self._copies) or (pool is not None and pool.pending)
-
     def retry(self) -> None:
         """Try again what failed before: decommits, copies that could not be made writable."""
-        for address, (size, lease) in list(self._stray.items()):
+        for address, (size, lease) in list(self.stray.items()):
             if lease is None or lease.close():
                 self.give_back(address, size)
-        if self._copies:
-            copies, self._copies = self._copies, []
+        if self.unfreed:
+            copies, self.unfreed = self.unfreed, []
             for copy in copies:
                 self.reclaim(copy)
         if self.pool is not None and self.pool.pending:
             self.pool.retry()
 
     def stray_bytes(self) -> int:
-        return sum(size for size, _ in self._stray.values())
+        return sum(size for size, _ in self.stray.values())
 
     def leases(self) -> list[Lease]:
-        return [lease for _, lease in self._stray.values() if lease is not None]
+        return [lease for _, lease in self.stray.values() if lease is not None]
 
     def regions(self) -> list[tuple[int, int]]:
-        return [(address, size) for address, (size, _) in self._stray.items()]
+        return [(address, size) for address, (size, _) in self.stray.items()]
 
 
 def shutdown(
@@ -123,6 +119,25 @@ def shutdown(
         unheld = regions + spans.regions() + (pool.committed_spans() if pool is not None else [])
         _decommit_around(spans, unheld, held)
     reservation.drop()
+
+
+def abandon(
+    guard: WriteGuard,
+    published: Publication,
+    blocks: Blocks,
+    spans: Spans,
+    reservation: Reservation,
+) -> None:
+    """``shutdown`` for a manager collected without ``close()``, once no write is under way.
+
+    Collected inside one of its own writes (the collector ran in the middle of a block's
+    first view), it leaves the memory to the OS rather than pull it from under that write.
+    """
+    try:
+        with guard:
+            shutdown(published, blocks, spans, reservation)
+    except InvalidState:
+        pass
 
 
 def _decommit_around(spans: Spans, candidates: list[tuple[int, int]], held: list[Lease]) -> None:

@@ -9,22 +9,22 @@ held forever in the child, and the child's next call that needs it hangs. Two ki
 - a *counter lock* guards a few lines that cannot fork half-done in a way that matters (a
   lease's export count): the child just gets a fresh one.
 
-Ctrl-C raises ``KeyboardInterrupt`` in the main thread between any two bytecodes; inside a
-write that changes memory mappings and the tables describing them, that could leave the two
-out of step. ``interrupts_deferred`` holds a SIGINT that arrives during such a write and
-hands it to the program's own handler as soon as the write is whole.
+``WriteGuard`` is how the manager's writes use a state lock: it also holds Ctrl-C until the
+write is whole (``mmkit.platform.interrupts``) and refuses a call that re-enters the manager
+from inside one of its own writes on the same thread (a ``__del__`` or a weakref callback the
+collector ran mid-write, an ``__index__`` of an argument), which would see its state half
+changed.
 """
 
 from __future__ import annotations
 
 import _thread
-import contextlib
 import os
-import signal
-import threading
 import weakref
-from collections.abc import Iterator
-from types import FrameType
+from types import TracebackType
+
+from mmkit.platform.interrupts import deliver, hold
+from mmkit.values.errors import InvalidState
 
 
 class ForkSafeLock(_thread.RLock):  # type: ignore[misc]
@@ -79,42 +79,44 @@ if hasattr(os, "register_at_fork"):
     )
 
 
-_DEFERRING = threading.local()
+class WriteGuard:
+    """A state lock for writes: one at a time, none re-entered, Ctrl-C held meanwhile."""
 
+    __slots__ = ("_held", "busy", "lock")
 
-@contextlib.contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Hold SIGINT (Ctrl-C) until the block is done, then deliver it to the saved handler.
+    def __init__(self) -> None:
+        self.lock = ForkSafeLock(held_across_fork=True)
+        self.busy = False
+        self._held: object = None
 
-    Only the main thread receives KeyboardInterrupt, and only it may change signal handlers,
-    so elsewhere (and when nested) this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread() or getattr(
-        _DEFERRING, "active", False
-    ):
-        yield
-        return
-    held: list[FrameType | None] = []
+    def enter(self) -> None:
+        """Mark a write begun, with ``lock`` held; refuse one inside another on this thread."""
+        if self.busy:
+            raise InvalidState(
+                "a call re-entered the manager from inside one of its own writes "
+                "(a __del__, a weakref callback or an argument's method)"
+            )
+        self.busy = True
 
-    def hold(signum: int, frame: FrameType | None) -> None:
-        held.append(frame)
+    def __enter__(self) -> WriteGuard:
+        held = hold()  # first, so no KeyboardInterrupt can leave the lock taken
+        self.lock.acquire()
+        try:
+            self.enter()
+        except BaseException:
+            self.lock.release()
+            deliver(held)
+            raise
+        self._held = held
+        return self
 
-    try:
-        previous = signal.getsignal(signal.SIGINT)
-        if previous is None:  # installed outside Python: leave it alone
-            raise ValueError("foreign SIGINT handler")
-        signal.signal(signal.SIGINT, hold)
-    except (ValueError, OSError):  # not the main interpreter, or no SIGINT here
-        yield
-        return
-    _DEFERRING.active = True
-    try:
-        yield
-    finally:
-        _DEFERRING.active = False
-        signal.signal(signal.SIGINT, previous)
-        if held:
-            if callable(previous):
-                previous(signal.SIGINT, held[0])
-            elif previous == signal.SIG_DFL:
-                signal.raise_signal(signal.SIGINT)
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        held, self._held = self._held, None
+        self.busy = False
+        self.lock.release()
+        deliver(held)

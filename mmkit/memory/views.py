@@ -13,7 +13,9 @@ from mmkit.values.errors import NotABuffer
 _PyBUF_FULL_RO = 0x11C
 
 
-class _PyBuffer(ctypes.Structure):
+class PyBuffer(ctypes.Structure):
+    """``Py_buffer``, as Include/pybuffer.h lays it out."""
+
     _fields_ = (
         ("buf", ctypes.c_void_p),
         ("obj", ctypes.c_void_p),
@@ -29,25 +31,27 @@ class _PyBuffer(ctypes.Structure):
     )
 
 
-_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
-_get_buffer.argtypes = (ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int)
-_get_buffer.restype = ctypes.c_int
-_release_buffer = ctypes.pythonapi.PyBuffer_Release
-_release_buffer.argtypes = (ctypes.POINTER(_PyBuffer),)
+# Our own function objects (``pythonapi[name]``, not the shared ``pythonapi.name``), so no
+# other code that sets argtypes on the shared ones can change ours.
+get_buffer = ctypes.pythonapi["PyObject_GetBuffer"]
+get_buffer.argtypes = (ctypes.py_object, ctypes.c_void_p, ctypes.c_int)
+get_buffer.restype = ctypes.c_int
+_release_buffer = ctypes.pythonapi["PyBuffer_Release"]
+_release_buffer.argtypes = (ctypes.c_void_p,)
 _release_buffer.restype = None
 
 
 def address_of(buffer: object) -> int:
     """Address of the first byte of any object that supports the buffer protocol."""
-    info = _PyBuffer()
+    info = PyBuffer()
     try:
-        _get_buffer(buffer, ctypes.byref(info), _PyBUF_FULL_RO)
+        get_buffer(buffer, ctypes.addressof(info), _PyBUF_FULL_RO)
     except (TypeError, BufferError, ValueError) as exc:
         raise NotABuffer(f"address_of needs a buffer object, not {type(buffer).__name__}") from exc
     try:
         return int(info.buf or 0)
     finally:
-        _release_buffer(ctypes.byref(info))
+        _release_buffer(ctypes.addressof(info))
 
 
 def scratch_view(address: int, size: int) -> memoryview:
