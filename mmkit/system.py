@@ -67,7 +67,7 @@ class QueryResponse:
     layers_scanned: int
     bytes_scanned: int
     digest: str
-    dimension_times: Mapping[DimensionId, float]
+    dimension_times: dict[DimensionId, float]
     total_time: float
 
     def render(self) -> str:
@@ -182,6 +182,8 @@ class ConsciousnessSystem(OwnsMemory):
 
     def scan(self, text: str) -> QueryResponse:
         """The work of one query, on the calling thread."""
+        if not isinstance(text, str):
+            raise InvalidArgument(f"a query is a str, not {type(text).__name__}")
         self._require_open("scan")
         try:
             return self._scan(text)
@@ -212,7 +214,7 @@ class ConsciousnessSystem(OwnsMemory):
             layers_scanned=layers,
             bytes_scanned=scanned,
             digest=digest.hexdigest(),
-            dimension_times=MappingProxyType(times),
+            dimension_times=times,
             total_time=time.perf_counter() - started,
         )
 

@@ -13,6 +13,15 @@ from mmkit.memory.pool import PoolAllocator
 from mmkit.values.errors import BlockInUse, InvalidBlock, InvalidState, LimitExceeded, OwnsMemory
 
 
+def _released(view: memoryview) -> bool:
+    """Whether a caller released the block's view (``with block.view as v:`` does)."""
+    try:
+        view.nbytes  # noqa: B018
+    except ValueError:
+        return True
+    return False
+
+
 class Block(OwnsMemory):
     """A block of pool memory: ``address``, ``size`` (its size class), ``owner``, ``view``.
 
@@ -50,7 +59,9 @@ class Block(OwnsMemory):
     @property
     def view(self) -> memoryview:
         view = self._view
-        return self._blocks.view_of(self) if view is None else view
+        if view is None or _released(view):
+            return self._blocks.view_of(self)
+        return view
 
     def __repr__(self) -> str:
         state = "freed" if self._freed else "live"
@@ -97,7 +108,7 @@ class Blocks:
         with self._guard:
             if block._freed:
                 raise InvalidBlock(f"block at {block.address:#x} has been freed")
-            if block._view is not None:
+            if block._view is not None and not _released(block._view):
                 return block._view
             if not self.open:
                 raise InvalidState("the manager is closed: a block gets no new view after close")

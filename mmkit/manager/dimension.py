@@ -23,14 +23,17 @@ ZERO: Literal["zero"] = "zero"
 
 @dataclass(frozen=True, slots=True)
 class Provenance:
-    """Where a dimension's bytes can be loaded again from, and the CRC-32 of each layer.
+    """Where a dimension's bytes can be loaded again from, and what proves they still are.
 
-    A dimension is dropped from memory only with one, and a reload must bring back exactly
-    these checksums.
+    ``checksums`` are each layer's CRC-32, which a reload must bring back exactly;
+    ``identity`` is the file's (``storage.FileHeader.identity``) when it was read or
+    written, which must be unchanged for the dimension to be dropped at all: a file that was
+    written to, renamed or replaced since is not trusted to hold these bytes.
     """
 
     source: Path | Literal["zero"]
     checksums: tuple[int, ...]
+    identity: tuple[int, ...] = ()
 
 
 @functools.cache

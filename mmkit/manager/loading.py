@@ -42,15 +42,14 @@ def load_region(
         spans.give_back(region.address, region.size)
         raise from_os_error(exc, f"committing {format_size(region.size)} for {spec.id}") from None
     filler = Lease(region.address, region.size, writable=True)
-    checksums: tuple[int, ...] | None = None
+    header: storage.FileHeader | None = None
     try:
         target = filler.view()
         try:
             if isinstance(fill, Path):
                 header = storage.read_dimension(fill, spec, region.layer_size, target)
-                checksums = header.layer_checksums
                 if expected is not None:
-                    check_reload(spec.id, fill, checksums, expected)
+                    check_reload(spec.id, fill, header.layer_checksums, expected)
             elif fill is not None:
                 target[:] = fill
         finally:
@@ -64,8 +63,8 @@ def load_region(
             raise from_os_error(exc, f"loading {spec.id}") from None
         raise
     provenance: Provenance | None = None
-    if isinstance(fill, Path) and checksums is not None:
-        provenance = Provenance(fill, checksums)
+    if isinstance(fill, Path) and header is not None:
+        provenance = Provenance(fill.absolute(), header.layer_checksums, header.identity)
     elif fill is None:
         provenance = Provenance(ZERO, zero_checksums(region.layer_count, region.layer_size))
     return LoadedDimension(spec, region, Lease(region.address, region.size), provenance)

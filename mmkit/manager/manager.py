@@ -32,7 +32,7 @@ from mmkit.memory.pool import PoolAllocator
 from mmkit.memory.region import Layout, Region, Reservation, plan_layout
 from mmkit.memory.views import scratch_view
 from mmkit.platform import BACKEND, PlatformError, Protection, VirtualMemory
-from mmkit.platform.interrupts import deliver, hold
+from mmkit.platform.interrupts import deliver, hold, interrupted
 from mmkit.values.config import DimensionSpec, MemoryConfig
 from mmkit.values.errors import (
     AlreadyLoaded,
@@ -65,6 +65,8 @@ class MmapManager(OwnsMemory):
             config = MemoryConfig()
         elif not isinstance(config, MemoryConfig):
             raise ConfigError(f"config must be a MemoryConfig, not {type(config).__name__}")
+        if backend is not None and not isinstance(backend, VirtualMemory):
+            raise ConfigError(f"backend must be a VirtualMemory, not {type(backend).__name__}")
         self._config = config
         self._vm = BACKEND if backend is None else backend
         alignment = max(self._vm.granularity, self._vm.huge_page_size)
@@ -246,7 +248,8 @@ class MmapManager(OwnsMemory):
                     view.release()
             with self._guard:
                 if self._published.loaded.get(spec.id) is loaded and loaded.version == version:
-                    loaded.provenance = Provenance(target, header.layer_checksums)
+                    source = target.absolute()
+                    loaded.provenance = Provenance(source, header.layer_checksums, header.identity)
                 self._residency.make_room(keep=spec.id)
         return target
 
@@ -418,7 +421,10 @@ class MmapManager(OwnsMemory):
                     spans = self._spans
                     if self._published.retired or spans.stray or spans.unfreed or pool.pending:
                         self._reap()
-                    return self._blocks.allocate(pool, nbytes, owner)
+                    block = self._blocks.allocate(pool, nbytes, owner)
+                    if interrupted():  # Ctrl-C came meanwhile: the caller never gets the block
+                        self._blocks.free(pool, block)
+                    return block
                 finally:
                     guard.busy = False
         finally:

@@ -4,8 +4,9 @@ The cap is on dimension data in memory (regions and layer copies). Past it, the 
 recently used dimensions that are provably reloadable go first; the manager drops one only
 when no reader holds it, so the cap is soft against pins and the overrun shows in
 ``stats()`` (``pinned``). Provably reloadable means: its bytes are zeros, or a file holds
-exactly the layer checksums of what is in memory now. What was dropped keeps those
-checksums, and a reload that brings back anything else is a ``DataFileError``.
+exactly the layer checksums of what is in memory now and has not been written to, renamed or
+replaced since it was read or written. What was dropped keeps those checksums, and a reload
+that brings back anything else is a ``DataFileError``.
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ class Residency:
         except (MmkitError, OSError):
             return False
         return (
-            header.dimension == loaded.spec.id
+            header.identity == provenance.identity
+            and header.dimension == loaded.spec.id
             and header.layer_size == loaded.region.layer_size
             and header.layer_checksums == provenance.checksums
         )

@@ -47,6 +47,6 @@ def resolve(spec: DimensionSpec, source: object, data_dir: Path | None) -> Fill:
     if source is None:
         return None if data_dir is None else storage.dimension_path(data_dir, spec)
     if isinstance(source, str | os.PathLike):
-        return Path(source)
+        return Path(storage.checked_path(source))
     what = f"source for {spec.id} ({spec.name})"
     return exact_bytes(source, spec.size, what, "None, a path or ")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class Protection(enum.Enum):
@@ -48,11 +48,39 @@ class PlatformError(OSError):
         super().__init__(code, f"{call}({arguments}) failed: {reason}")
         self.call = call
         self.arguments = arguments
+        self.reason = reason
         self.exhausted = exhausted
         self.mappings = mappings
+        self.winerror_code = winerror
         self.os_code = winerror if winerror is not None else code
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled the way it was made (OSError's own pickling would call it with two args).
+        keywords = {
+            "exhausted": self.exhausted,
+            "mappings": self.mappings,
+            "winerror": self.winerror_code,
+        }
+        arguments = (self.call, self.arguments, self.errno, self.reason)
+        return (_rebuild_platform_error, (arguments, keywords))
 
+
+def _rebuild_platform_error(
+    arguments: tuple[str, str, int, str], keywords: dict[str, object]
+) -> PlatformError:
+    call, text, code, reason = arguments
+    return PlatformError(
+        call,
+        text,
+        code,
+        reason,
+        exhausted=bool(keywords["exhausted"]),
+        mappings=bool(keywords["mappings"]),
+        winerror=keywords["winerror"] if isinstance(keywords["winerror"], int) else None,
+    )
+
+
+@runtime_checkable
 class VirtualMemory(Protocol):
     """Reserve-then-commit virtual memory, as both OS families offer it.
 

@@ -81,6 +81,11 @@ def deliver(previous: object) -> None:
         signal.raise_signal(signal.SIGINT)
 
 
+def interrupted() -> bool:
+    """Whether a SIGINT is being held now, to be delivered when the holding ends."""
+    return bool(_held)
+
+
 class interrupts_deferred:  # noqa: N801  (used like a function: ``with interrupts_deferred():``)
     """Hold SIGINT until the block is done, then deliver it (see ``hold``)."""
 

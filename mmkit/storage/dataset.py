@@ -97,6 +97,8 @@ def generate_dataset(
     stay (each is complete). ``progress(done, total)`` is called per layer.
     """
     config, seed = _checked(config, seed)
+    if progress is not None and not callable(progress):
+        raise InvalidArgument(f"progress must be callable or None, not {progress!r}")
     directory = Path(checked_path(directory))
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,11 @@ _KINDS = (
 )
 
 
+def identity(status: os.stat_result) -> tuple[int, ...]:
+    """A file's identity: equal only while nothing has written, renamed or replaced it."""
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+
+
 def reason(exc: OSError) -> str:
     """The OS's words for a failure, without the errno and file name ``str`` adds."""
     return exc.strerror or str(exc)
@@ -151,18 +156,23 @@ class Temporary:
             os.chmod(self.path, 0o600)
             os.unlink(self.path)
 
-    def commit(self) -> None:
-        """fsync the file, rename it over the target, fsync the directory; or discard it."""
+    def commit(self) -> tuple[int, ...]:
+        """fsync the file, rename it over the target, fsync the directory; or discard it.
+
+        Returns the renamed file's ``identity``.
+        """
         try:
             with self.file:
                 os.fsync(self.file.fileno())
             os.replace(self.path, self.target.final)
+            renamed = identity(os.stat(self.target.final))
         except BaseException as exc:
             self.discard()
             if isinstance(exc, OSError):
                 raise DataFileError(self.target.path, f"write failed: {reason(exc)}") from exc
             raise
         _fsync_directory(self.target.final.parent)
+        return renamed
 
 
 def create_temporary(target: SaveTarget) -> Temporary:

@@ -10,7 +10,7 @@ import re
 import struct
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,7 +37,12 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True, slots=True)
 class FileHeader:
-    """What a data file says about itself, after its header checksum was verified."""
+    """What a data file says about itself, after its header checksum was verified.
+
+    ``identity`` is what the OS said about the file it was read from or written to (device,
+    inode, size, modification and change times in ns); empty when it came from no file. Two
+    equal identities mean nothing has written, renamed or replaced the file in between.
+    """
 
     dimension: DimensionId
     name: str
@@ -45,6 +50,7 @@ class FileHeader:
     layer_size: int
     layer_checksums: tuple[int, ...]
     payload_offset: int
+    identity: tuple[int, ...] = field(default=(), compare=False)
 
     @property
     def layer_count(self) -> int:
@@ -57,14 +63,24 @@ class FileHeader:
         return self.payload_offset + self.size
 
 
+def check_spec(spec: object) -> DimensionSpec:
+    """``spec`` if it is a ``DimensionSpec``; ``InvalidArgument`` otherwise."""
+    if not isinstance(spec, DimensionSpec):
+        raise InvalidArgument(f"a dimension is described by a DimensionSpec, not {spec!r}")
+    return spec
+
+
 def dimension_filename(spec: DimensionSpec) -> str:
     """``d01-emotion.mmkd``: the id, then the name lowercased with other characters as ``-``."""
+    spec = check_spec(spec)
     slug = re.sub(r"[^a-z0-9]+", "-", spec.name.lower()).strip("-") or "dimension"
     return f"d{int(spec.id):02d}-{slug}{SUFFIX}"
 
 
 def dimension_path(directory: Path | str, spec: DimensionSpec) -> Path:
     """Where a dimension's file lives inside a data directory."""
+    if not isinstance(directory, str | os.PathLike):
+        raise InvalidArgument(f"a data directory is a path, not {type(directory).__name__}")
     return Path(directory) / dimension_filename(spec)
 
 
@@ -255,6 +271,8 @@ def read_header(file: BinaryIO, path: Path | str) -> FileHeader:
 
     The length is checked before the padding is read, so no header can make this read more.
     """
+    if not all(hasattr(file, name) for name in ("read", "seek")):
+        raise InvalidArgument(f"read_header needs a binary file, not {type(file).__name__}")
     try:
         header, actual = parse_header(file, path)
         problem = length_problem(header, actual)

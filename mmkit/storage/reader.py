@@ -5,12 +5,14 @@ Each layer is checked on a helper thread while the next is read; both release th
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import os
 import zlib
 from pathlib import Path
 
-from mmkit.storage.files import open_regular, reason
-from mmkit.storage.format import FileHeader, mismatch, read_header
+from mmkit.storage.files import identity, open_regular, reason
+from mmkit.storage.format import FileHeader, check_spec, mismatch, read_header
 from mmkit.storage.worker import Worker
 from mmkit.values.config import DimensionSpec
 from mmkit.values.errors import DataFileError, InvalidArgument
@@ -19,7 +21,8 @@ from mmkit.values.errors import DataFileError, InvalidArgument
 def read_header_file(path: Path | str) -> FileHeader:
     """The checked header of the file at ``path``, its length included; no payload is read."""
     with open_regular(path) as file:
-        return read_header(file, path)
+        header = read_header(file, path)
+        return dataclasses.replace(header, identity=identity(os.fstat(file.fileno())))
 
 
 def _writable_bytes(target: memoryview, size: int) -> memoryview:
@@ -107,6 +110,9 @@ def read_dimension(
     On any return or exception, KeyboardInterrupt included, the verifier thread has stopped and
     no slice of ``target`` is left, so it may be freed at once; on failure its bytes are junk.
     """
+    spec = check_spec(spec)
+    if isinstance(layer_size, bool) or not isinstance(layer_size, int) or layer_size <= 0:
+        raise InvalidArgument(f"a layer size is a positive int, not {layer_size!r}")
     with _writable_bytes(target, spec.size) as view, open_regular(path) as file:
         header = read_header(file, path)
         _require_match(header, spec, layer_size, path)
@@ -139,4 +145,4 @@ def read_dimension(
             raise verifier.error
         if layers.mismatch is not None:
             raise DataFileError(path, mismatch(*layers.mismatch))
-    return header
+        return dataclasses.replace(header, identity=identity(os.fstat(file.fileno())))

@@ -4,10 +4,12 @@ crash leaves the old file or the new one; bad arguments are refused before touch
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from mmkit.platform.interrupts import interrupts_deferred
 from mmkit.storage.files import (
     Buffer,
     SaveTarget,
@@ -35,6 +37,8 @@ def _bytes_of(data: object, what: str) -> memoryview:
     except TypeError:
         raise NotABuffer(f"{what} must be a bytes-like object, not {type(data).__name__}") from None
     with view:
+        if not view.c_contiguous:
+            raise InvalidArgument(f"{what} is not contiguous (a strided view); pass a copy")
         return view.cast("B")
 
 
@@ -88,9 +92,9 @@ def write_layers(
     A directory, FIFO or device at ``path`` is refused; a symlink is written through.
     """
     check_savable(spec, layer_size)
-    temporary, header = stage(save_target(path), spec, layer_size, layers)
-    temporary.commit()
-    return header
+    with interrupts_deferred():  # a Ctrl-C meanwhile would strand the temporary file
+        temporary, header = stage(save_target(path), spec, layer_size, layers)
+        return dataclasses.replace(header, identity=temporary.commit())
 
 
 def write_dimension(

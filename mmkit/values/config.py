@@ -133,9 +133,12 @@ class MemoryConfig:
             raise ConfigError(f"prefault must be a bool, not {self.prefault!r}")
         data_dir = self.data_dir
         if data_dir is not None:
-            if not isinstance(data_dir, str | os.PathLike):
-                raise ConfigError(f"data_dir must be a path or None, not {data_dir!r}")
-            object.__setattr__(self, "data_dir", Path(data_dir))
+            text = os.fspath(data_dir) if isinstance(data_dir, str | os.PathLike) else None
+            if not isinstance(text, str) or not text or "\0" in text:
+                raise ConfigError(
+                    f"data_dir must be a path (text, no NUL) or None, not {data_dir!r}"
+                )
+            object.__setattr__(self, "data_dir", Path(text))
         object.__setattr__(self, "dimensions", tuple(sorted(dims, key=lambda d: d.id)))
         object.__setattr__(self, "_by_id", by_id)
 

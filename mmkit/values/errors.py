@@ -54,6 +54,10 @@ class DataFileError(MmkitError):
         self.path = Path(path)
         self.problem = problem
 
+    def __reduce__(self) -> tuple[type[DataFileError], tuple[Path, str]]:
+        # Pickled the way it was made, so a worker process can send one back.
+        return (DataFileError, (self.path, self.problem))
+
 
 class NotABuffer(MmkitError, TypeError):
     """An object that does not support the buffer protocol where one was needed."""
