@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -109,13 +110,33 @@ def exhaust_mappings(page_size: int) -> list[object]:
         return maps
 
 
-def run_python(code: str, *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run a scenario in a fresh interpreter; the caller asserts on its exit code."""
-    return subprocess.run(
+def run_python(
+    code: str, *, timeout: float = 60, measured: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run a scenario in a fresh interpreter; the caller asserts on its exit code.
+
+    ``measured=False`` keeps coverage out of the child: its tracer's own Python code is not
+    safe against a storm of KeyboardInterrupts (a lock of its own stays taken) on 3.10.
+    """
+    env = None
+    if not measured:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_PROCESS")}
+    process = subprocess.Popen(
         [sys.executable, "-X", "faulthandler", "-c", textwrap.dedent(code)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         cwd=ROOT,
-        check=False,
+        env=env,
+        start_new_session=hasattr(os, "killpg"),  # its own group: a timeout ends forks too
     )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if hasattr(os, "killpg"):
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            process.kill()
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)

@@ -62,7 +62,8 @@ def call(function, *args):
 
 
 def storm(body: str, timeout: float = 90) -> None:
-    result = run_python(STORM + body + "\nstop.set()\nprint('done')\n", timeout=timeout)
+    code = STORM + body + "\nstop.set()\nprint('done')\n"
+    result = run_python(code, timeout=timeout, measured=False)
     assert result.returncode == 0, result.stderr
     assert "done" in result.stdout
 

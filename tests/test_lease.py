@@ -206,5 +206,6 @@ def test_a_storm_of_ctrl_c_while_views_are_made_and_dropped() -> None:
         print("made", made, "interrupted", interrupted)
         """,
         timeout=60,
+        measured=False,
     )
     assert result.returncode == 0, result.stderr
