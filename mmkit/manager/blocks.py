@@ -7,10 +7,22 @@ first, and any other view (a slice, a numpy array) makes it refuse with ``BlockI
 
 from __future__ import annotations
 
+import operator
+
+from mmkit.manager.publication import Publication
+from mmkit.manager.reclaim import Spans
+from mmkit.manager.residency import Residency
 from mmkit.memory.lease import Lease
 from mmkit.memory.locks import WriteGuard
-from mmkit.memory.pool import PoolAllocator
-from mmkit.values.errors import BlockInUse, InvalidBlock, InvalidState, LimitExceeded, OwnsMemory
+from mmkit.platform.interrupts import held_signals
+from mmkit.values.errors import (
+    BlockInUse,
+    InvalidArgument,
+    InvalidBlock,
+    InvalidState,
+    LimitExceeded,
+    OwnsMemory,
+)
 
 
 def _released(view: memoryview) -> bool:
@@ -72,17 +84,56 @@ class Block(OwnsMemory):
 class Blocks:
     """One manager's live blocks and the bytes each owner holds against its quota."""
 
-    __slots__ = ("_guard", "live", "open", "owners", "quota")
+    __slots__ = ("_guard", "_published", "_residency", "_spans", "live", "open", "owners", "quota")
 
-    def __init__(self, guard: WriteGuard, quota: int) -> None:
+    def __init__(
+        self,
+        guard: WriteGuard,
+        quota: int,
+        published: Publication,
+        residency: Residency,
+        spans: Spans,
+    ) -> None:
         self._guard = guard
+        self._published = published
+        self._residency = residency
+        self._spans = spans
         self.quota = quota
         self.live: dict[int, Block] = {}
         self.owners: dict[str, int] = {}
         self.open = True
 
-    def allocate(self, pool: PoolAllocator, nbytes: int, owner: str | None) -> Block:
-        """A new block from ``pool``, within ``owner``'s quota; ``LimitExceeded`` otherwise."""
+    def allocate(self, nbytes: int, owner: str | None) -> Block:
+        """A zeroed block of at least ``nbytes``, within ``owner``'s quota.
+
+        An allocate that a held Ctrl-C will interrupt gives its block back first, so the
+        caller, who never gets it, loses nothing.
+        """
+        if type(nbytes) is not int or nbytes <= 0:  # plain values: no caller code in the write
+            if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes <= 0:
+                raise InvalidArgument(
+                    f"allocate needs a positive int number of bytes, not {nbytes!r}"
+                )
+            nbytes = operator.index(nbytes)
+        if owner is not None:
+            if not isinstance(owner, str) or not owner:
+                raise InvalidArgument(f"owner must be a non-empty str or None, not {owner!r}")
+            owner = str.__str__(owner)
+        return self._guard.run(self._allocate, nbytes, owner)
+
+    def free(self, block: Block) -> None:
+        """Give a block back to the pool if no view of it is left; ``BlockInUse`` otherwise."""
+        if not isinstance(block, Block):
+            raise InvalidBlock(f"free needs a Block, not {type(block).__name__}")
+        self._guard.run(self._free, block)
+
+    def _allocate(self, nbytes: int, owner: str | None) -> Block:
+        published, spans = self._published, self._spans
+        pool, table = spans.pool, published.table
+        if pool is None or not table.open:
+            raise InvalidState(f"allocate: the manager is {table.state.value}")
+        if published.retired or spans.stray or spans.unfreed or pool.pending:
+            self._residency.reap()
         if owner is not None:
             size = pool.block_size(nbytes)
             used = self.owners.get(owner, 0)
@@ -96,10 +147,18 @@ class Blocks:
         self.live[address] = block
         if owner is not None:
             self.owners[owner] = self.owners.get(owner, 0) + size
+        if held_signals:  # Ctrl-C came meanwhile: the caller will never get this block
+            self._remove(block)
+            pool.free(address)
         return block
 
-    def free(self, pool: PoolAllocator, block: Block) -> None:
-        """Give a block back to ``pool`` if no view of it is left; ``BlockInUse`` otherwise."""
+    def _free(self, block: Block) -> None:
+        published, spans = self._published, self._spans  # as in ``_allocate``
+        pool, table = spans.pool, published.table
+        if pool is None or not table.open:
+            raise InvalidState(f"free: the manager is {table.state.value}")
+        if published.retired or spans.stray or spans.unfreed or pool.pending:
+            self._residency.reap()
         self._remove(block)
         pool.free(block.address)
 

@@ -11,7 +11,6 @@ Memory goes back to the OS or the pool only when its lease says that no view of 
 
 from __future__ import annotations
 
-import operator
 import os
 import weakref
 from pathlib import Path
@@ -19,10 +18,11 @@ from types import TracebackType
 
 from mmkit import storage
 from mmkit.manager.blocks import Block, Blocks
+from mmkit.manager.closing import abandon, shutdown
 from mmkit.manager.dimension import ZERO, LoadedDimension, Provenance
 from mmkit.manager.loading import load_region
 from mmkit.manager.publication import Publication
-from mmkit.manager.reclaim import Spans, abandon, shutdown
+from mmkit.manager.reclaim import Spans
 from mmkit.manager.residency import Residency
 from mmkit.manager.sources import Fill, exact_bytes, resolve
 from mmkit.manager.stats import Stats, measure
@@ -32,13 +32,10 @@ from mmkit.memory.pool import PoolAllocator
 from mmkit.memory.region import Layout, Region, Reservation, plan_layout
 from mmkit.memory.views import scratch_view
 from mmkit.platform import BACKEND, PlatformError, Protection, VirtualMemory
-from mmkit.platform.interrupts import deliver, hold, interrupted
 from mmkit.values.config import DimensionSpec, MemoryConfig
 from mmkit.values.errors import (
     AlreadyLoaded,
     ConfigError,
-    InvalidArgument,
-    InvalidBlock,
     InvalidId,
     InvalidState,
     LayerOutOfRange,
@@ -81,7 +78,9 @@ class MmapManager(OwnsMemory):
         self._last_use = self._residency.last_use
         self._ticks = self._residency.ticks
         self._tracked = self._residency.tracked
-        self._blocks = Blocks(self._guard, config.user_quota)
+        self._blocks = Blocks(
+            self._guard, config.user_quota, self._published, self._residency, self._spans
+        )
         self._finalizer: weakref.finalize[..., MmapManager] | None = None
         if initialize:
             self.initialize()
@@ -167,7 +166,7 @@ class MmapManager(OwnsMemory):
     def stats(self) -> Stats:
         """Allocated, committed and resident bytes, what is loaded, the pool, the cap."""
         with self._guard:
-            self._reap()
+            self._residency.reap()
             return measure(
                 self._config,
                 self._reservation,
@@ -201,7 +200,7 @@ class MmapManager(OwnsMemory):
         fill = resolve(spec, source, self._config.data_dir)
         try:
             with self._guard:
-                self._reap()
+                self._residency.reap()
                 self._require_open("load_dimension")
                 self._require_unloaded(spec)
                 self._load(spec, fill)
@@ -220,7 +219,7 @@ class MmapManager(OwnsMemory):
         self._require_open("evict")
         spec = self._config.dimension(dimension)
         with self._guard:
-            self._reap()
+            self._residency.reap()
             self._require_open("evict")
             return self._residency.evict(spec.id)
 
@@ -236,7 +235,7 @@ class MmapManager(OwnsMemory):
         storage.check_savable(spec, self._config.layer_size)
         with self._save_lock:
             with self._guard:
-                self._reap()
+                self._residency.reap()
                 self._require_open("save_dimension")
                 loaded = self._ensure_loaded(spec)
                 version = loaded.version
@@ -330,7 +329,7 @@ class MmapManager(OwnsMemory):
         source = exact_bytes(data, self._config.layer_size, f"new bytes for {plain}")
         try:
             with self._guard:
-                self._reap()
+                self._residency.reap()
                 spec, index = self._check_layer("update_layer", plain)
                 self._require_loadable(spec)
                 self._publish_copy(spec, index, source)
@@ -375,19 +374,6 @@ class MmapManager(OwnsMemory):
             )
         return spec, layer.index
 
-    def _reap(self) -> None:
-        """Give back what no one can reach any more: retired layer copies, stray spans."""
-        spans = self._spans
-        pool = spans.pool
-        if pool is None or not (
-            self._published.retired or spans.stray or spans.unfreed or pool.pending
-        ):
-            return
-        for lease in self._published.reclaimable():
-            self._spans.reclaim(lease)
-            self._residency.data -= lease.size
-        self._spans.retry()
-
     # -- the pool -----------------------------------------------------------------------
 
     def allocate(self, nbytes: int, *, owner: str | None = None) -> Block:
@@ -395,40 +381,7 @@ class MmapManager(OwnsMemory):
 
         ``LimitExceeded`` (also a ``MemoryError``) when the pool or the quota cannot hold it.
         """
-        if type(nbytes) is not int or nbytes <= 0:  # plain values: no caller code in the write
-            if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes <= 0:
-                raise InvalidArgument(
-                    f"allocate needs a positive int number of bytes, not {nbytes!r}"
-                )
-            nbytes = operator.index(nbytes)
-        if owner is not None:
-            if not isinstance(owner, str) or not owner:
-                raise InvalidArgument(f"owner must be a non-empty str or None, not {owner!r}")
-            owner = str.__str__(owner)
-        # ``with self._guard``, written out: the pool pair is the manager's hottest write.
-        guard = self._guard
-        held = hold()
-        try:
-            with guard.lock:
-                if guard.busy:
-                    guard.enter()  # refuses
-                guard.busy = True
-                try:
-                    pool = self._spans.pool
-                    if pool is None or not self._published.table.open:
-                        self._require_open("allocate")
-                    assert pool is not None
-                    spans = self._spans
-                    if self._published.retired or spans.stray or spans.unfreed or pool.pending:
-                        self._reap()
-                    block = self._blocks.allocate(pool, nbytes, owner)
-                    if interrupted():  # Ctrl-C came meanwhile: the caller never gets the block
-                        self._blocks.free(pool, block)
-                    return block
-                finally:
-                    guard.busy = False
-        finally:
-            deliver(held)
+        return self._blocks.allocate(nbytes, owner)
 
     def free(self, block: Block) -> None:
         """Return a block to the pool; its bytes are zeroed before anyone else gets them.
@@ -436,28 +389,7 @@ class MmapManager(OwnsMemory):
         ``block.view`` is released; any other view of the block (a slice of it, a numpy
         array over it) makes ``free`` refuse with ``BlockInUse`` and change nothing.
         """
-        if not isinstance(block, Block):
-            raise InvalidBlock(f"free needs a Block, not {type(block).__name__}")
-        guard = self._guard  # as in ``allocate``
-        held = hold()
-        try:
-            with guard.lock:
-                if guard.busy:
-                    guard.enter()  # refuses
-                guard.busy = True
-                try:
-                    pool = self._spans.pool
-                    if pool is None or not self._published.table.open:
-                        self._require_open("free")
-                    assert pool is not None
-                    spans = self._spans
-                    if self._published.retired or spans.stray or spans.unfreed or pool.pending:
-                        self._reap()
-                    self._blocks.free(pool, block)
-                finally:
-                    guard.busy = False
-        finally:
-            deliver(held)
+        self._blocks.free(block)
 
     # -- internals --------------------------------------------------------------------
 

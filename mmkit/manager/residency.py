@@ -119,6 +119,17 @@ class Residency:
             and header.layer_checksums == provenance.checksums
         )
 
+    def reap(self) -> None:
+        """Give back what no one can reach any more (retired layer copies, stray spans)."""
+        published, spans = self._published, self._spans
+        pool = spans.pool
+        if pool is None or not (published.retired or spans.stray or spans.unfreed or pool.pending):
+            return
+        for lease in published.reclaimable():
+            spans.reclaim(lease)
+            self.data -= lease.size
+        spans.retry()
+
     def loaded(self, dimension: DimensionId, data_bytes: int) -> None:
         """Account for a dimension now in memory (a reload if it had been dropped)."""
         if self.dropped.pop(dimension, None) is not None:

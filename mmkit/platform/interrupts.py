@@ -37,6 +37,8 @@ class _State:
 
 _state = _State()
 _held: list[FrameType | None] = []
+held_signals = _held
+"""Non-empty while a SIGINT is being held (to be delivered when the holding ends)."""
 
 
 def _hold(signum: int, frame: FrameType | None) -> None:
@@ -79,11 +81,6 @@ def deliver(previous: object) -> None:
         previous(signal.SIGINT, frame)
     elif previous == signal.SIG_DFL:
         signal.raise_signal(signal.SIGINT)
-
-
-def interrupted() -> bool:
-    """Whether a SIGINT is being held now, to be delivered when the holding ends."""
-    return bool(_held)
 
 
 class interrupts_deferred:  # noqa: N801  (used like a function: ``with interrupts_deferred():``)
