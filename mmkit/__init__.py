@@ -1,7 +1,8 @@
 """mmkit: a fixed memory budget as named, page-aligned regions mapped straight from the OS.
 
 Layers, each importing only those before it: ``platform`` (the OS) → ``values`` (config,
-ids, errors, units) → ``views``, ``region``, ``storage`` → ``manager`` → ``system``, ``cli``.
+ids, errors, units) → ``memory`` (leases, the reservation, the pool) and ``storage`` (data
+files) → ``manager`` → ``system``, ``bench``, ``cli``.
 """
 
 from __future__ import annotations
