@@ -32,10 +32,6 @@ class Reservation(OwnsMemory):
     def __repr__(self) -> str:
         return f"<Reservation {self.address:#x}+{self.size:#x} holds={self._holds}>"
 
-    @property
-    def released(self) -> bool:
-        return self._holds == 0
-
     def hold(self) -> None:
         """One more holder; the address space stays until it calls ``drop``."""
         with self._lock:
