@@ -1,14 +1,17 @@
-"""A loaded dimension: the leases behind its bytes, the views readers slice, its provenance.
+"""A loaded dimension: the leases behind its bytes, what readers read, its provenance.
 
 A layer's bytes live in the dimension's region until the layer is updated; then they live in
 a copy in the pool (read-copy-update). Each span is a ``Lease``. The manager publishes one
-view per layer and readers get slices of those, so withdrawing the published views and then
+view per layer, and each layer's span (its lease, offset and size). Under a GIL readers get
+slices of the published views; on free-threaded builds each read is an export of its own
+from the span (see ``layer_view``). Either way, withdrawing the published views and then
 finding every lease without exports is the exact test that no reader can reach the memory.
 """
 
 from __future__ import annotations
 
 import functools
+import sysconfig
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,16 @@ from mmkit.memory.region import Region
 from mmkit.values.config import DimensionSpec
 
 ZERO: Literal["zero"] = "zero"
+
+SHARED_VIEWS = not sysconfig.get_config_var("Py_GIL_DISABLED")
+"""Whether readers may all slice one published view. Under a GIL, CPython's memoryview export
+counts change one thread at a time. Free-threaded CPython changes them without atomics
+(gh-127716): threads that slice and drop views of one memoryview at once lose counts, and a
+view can be released under its readers, or memory given back under them. There, every read
+is a fresh export, and readers share no CPython object on the way to their bytes."""
+
+Span = tuple[Lease, int, int]
+"""A layer's bytes: the lease that holds them, the offset in it and the size."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +63,17 @@ class LoadedDimension:
     whether what it wrote is still what is in memory.
     """
 
-    __slots__ = ("_base_view", "base", "copies", "provenance", "region", "spec", "version", "views")
+    __slots__ = (
+        "_base_view",
+        "base",
+        "copies",
+        "provenance",
+        "region",
+        "spans",
+        "spec",
+        "version",
+        "views",
+    )
 
     def __init__(
         self, spec: DimensionSpec, region: Region, base: Lease, provenance: Provenance | None
@@ -63,6 +86,7 @@ class LoadedDimension:
         self.version = 0
         self._base_view: memoryview | None = None
         self.views: tuple[memoryview, ...] = ()
+        self.spans: tuple[Span, ...] = ()
         self.publish()
 
     @property
@@ -74,7 +98,8 @@ class LoadedDimension:
         return [self.base, *self.copies.values()]
 
     def publish(self) -> None:
-        """Make the per-layer views readers slice: one export of the region, one per copy."""
+        """Make the per-layer views readers slice (one export of the region, one per copy)
+        and the per-layer spans."""
         base = self.base.view()
         size = self.region.layer_size
         self._base_view = base
@@ -84,6 +109,19 @@ class LoadedDimension:
             else base[index * size : (index + 1) * size]
             for index in range(self.region.layer_count)
         )
+        self.spans = tuple(
+            (self.copies[index], 0, size)
+            if index in self.copies
+            else (self.base, index * size, size)
+            for index in range(self.region.layer_count)
+        )
+
+    def layer_view(self, index: int) -> memoryview:
+        """A reader's view of one layer (``ValueError`` if its published view was released)."""
+        if SHARED_VIEWS:
+            return self.views[index][:]
+        lease, start, size = self.spans[index]
+        return lease.view(start, size)
 
     def withdraw(self) -> None:
         """Release the published views; readers holding an old table get ``ValueError``."""
@@ -93,6 +131,7 @@ class LoadedDimension:
             self._base_view.release()
         self._base_view = None
         self.views = ()
+        self.spans = ()
 
     def close(self) -> bool:
         """End every lease if no reader holds a view of any (after ``withdraw``).
@@ -122,6 +161,9 @@ class LoadedDimension:
         retired = views[index]
         views[index] = copy.view()
         self.views = tuple(views)
+        spans = list(self.spans)
+        spans[index] = (copy, 0, copy.size)
+        self.spans = tuple(spans)
         self.provenance = None
         self.version += 1
         return old, retired

@@ -1,9 +1,10 @@
 """``MmapManager``: the budget, the spec's state machine, and the face over its parts.
 
 Readers take no lock: ``access_layer`` slices a published view out of the table
-(``publication``). Writers go one at a time through ``self._guard`` (which also holds Ctrl-C
-and refuses re-entry) and publish a new table when done. Whatever a caller passes in is
-turned into plain values before the guard, so no caller code runs inside a write.
+(``publication``), or makes its own export of the layer where threads run at once. Writers
+go one at a time through ``self._guard`` (which also holds Ctrl-C and refuses re-entry) and
+publish a new table when done. Whatever a caller passes in is turned into plain values
+before the guard, so no caller code runs inside a write.
 Memory goes back to the OS or the pool only when its lease says that no view of it is left
 (``mmkit.memory.lease``); residency under ``resident_limit`` is ``residency``, pool blocks
 ``blocks``, and giving everything back at close ``shutdown``.
@@ -19,7 +20,7 @@ from types import TracebackType
 from mmkit import storage
 from mmkit.manager.blocks import Block, Blocks
 from mmkit.manager.closing import abandon, shutdown
-from mmkit.manager.dimension import ZERO, LoadedDimension, Provenance
+from mmkit.manager.dimension import SHARED_VIEWS, ZERO, LoadedDimension, Provenance
 from mmkit.manager.loading import load_region
 from mmkit.manager.publication import Publication
 from mmkit.manager.reclaim import Spans
@@ -239,7 +240,7 @@ class MmapManager(OwnsMemory):
                 self._require_open("save_dimension")
                 loaded = self._ensure_loaded(spec)
                 version = loaded.version
-                views = [view[:] for view in loaded.views]
+                views = [loaded.layer_view(index) for index in range(len(loaded.views))]
             try:
                 header = storage.write_layers(target, spec, self._config.layer_size, views)
             finally:
@@ -293,9 +294,13 @@ class MmapManager(OwnsMemory):
         table = self._published.table
         if table.active and type(layer) is LayerId:
             try:
-                view = table.layers[layer[0]][layer[1]][:]
-            except (KeyError, IndexError, ValueError):
-                pass  # not loaded, or a writer released the view under us: take the lock
+                if SHARED_VIEWS:
+                    view = table.layers[layer[0]][layer[1]][:]
+                else:
+                    lease, start, size = table.spans[layer[0]][layer[1]]
+                    view = lease.view(start, size)
+            except (KeyError, IndexError, ValueError, InvalidState):
+                pass  # not loaded, or a writer withdrew the layer under us: take the lock
             else:
                 if self._tracked:
                     self._last_use[layer[0]] = next(self._ticks)
@@ -312,9 +317,9 @@ class MmapManager(OwnsMemory):
                 self._published.publish(ManagerState.ACTIVE)
             self._residency.touch(spec.id)
             try:
-                view = loaded.views[index][:]
+                view = loaded.layer_view(index)
             except ValueError:  # someone released a published view: publish fresh ones
-                view = self._published.refresh(spec.id).views[index][:]
+                view = self._published.refresh(spec.id).layer_view(index)
             self._residency.make_room(keep=spec.id)
             return view
 

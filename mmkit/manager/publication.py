@@ -1,11 +1,13 @@
 """Publication: the table readers see, and retiring what leaves it.
 
 Readers take no lock. They read ``table``, an immutable snapshot that writers replace whole
-with one reference assignment, and slice a published view out of it. Whatever a writer takes
-out of the table it first replaces there, then releases the view it had published for it: a
-reader still holding the old table gets ``ValueError`` from that view and retries under the
-lock. From then on the leases say exactly whether some reader still holds a slice; retired
-layer copies wait in ``retired`` until theirs say none does.
+with one reference assignment, and slice a published view out of it (or, on free-threaded
+builds, make their own export of the layer's span: ``dimension.SHARED_VIEWS``). Whatever a
+writer takes out of the table it first replaces there, then releases the view it had
+published for it: a reader still holding the old table gets ``ValueError`` from that view
+(or ``InvalidState`` from a closed lease) and retries under the lock. From then on the
+leases say exactly whether some reader still holds a view; retired layer copies wait in
+``retired`` until theirs say none does.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from mmkit.manager.dimension import LoadedDimension
+from mmkit.manager.dimension import LoadedDimension, Span
 from mmkit.memory.lease import Lease
 from mmkit.values.ids import DimensionId
 from mmkit.values.state import ManagerState
@@ -24,10 +26,11 @@ _OPEN_STATES = frozenset({ManagerState.ALLOCATED, ManagerState.LOADED, ManagerSt
 
 @dataclass(frozen=True, slots=True)
 class Table:
-    """What readers see: the state and, per loaded dimension, one view per layer."""
+    """What readers see: the state and, per loaded dimension, one view and one span per layer."""
 
     state: ManagerState
     layers: Mapping[DimensionId, tuple[memoryview, ...]]
+    spans: Mapping[DimensionId, tuple[Span, ...]]
     open: bool
     active: bool
 
@@ -43,7 +46,8 @@ class Publication:
     def __init__(self) -> None:
         self.loaded: dict[DimensionId, LoadedDimension] = {}
         self.retired: list[Lease] = []
-        self.table = Table(ManagerState.UNINITIALIZED, MappingProxyType({}), False, False)
+        state = ManagerState.UNINITIALIZED
+        self.table = Table(state, MappingProxyType({}), MappingProxyType({}), False, False)
 
     @property
     def state(self) -> ManagerState:
@@ -53,8 +57,13 @@ class Publication:
         """Replace the table with one made from ``loaded`` (and ``state``, if given)."""
         state = self.table.state if state is None else state
         layers = {dimension: loaded.views for dimension, loaded in self.loaded.items()}
+        spans = {dimension: loaded.spans for dimension, loaded in self.loaded.items()}
         self.table = Table(
-            state, MappingProxyType(layers), state in _OPEN_STATES, state is ManagerState.ACTIVE
+            state,
+            MappingProxyType(layers),
+            MappingProxyType(spans),
+            state in _OPEN_STATES,
+            state is ManagerState.ACTIVE,
         )
 
     def add(self, loaded: LoadedDimension) -> None:

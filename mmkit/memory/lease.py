@@ -6,101 +6,107 @@ releases buffers, so "can anyone still reach this memory?" has an exact answer a
 instant: ``close()`` ends the lease if, and only if, no view of it exists, and afterwards no
 view of it can be made.
 
-The counting is done by CPython, in C. Each lease has a *counter*: an empty read-only
-``memoryview``. A view of the span is made by a private exporter object whose ``getbuffer``
-asks the counter for a buffer (CPython counts it as one of the counter's exports) and then
-points that buffer at the span. The buffer names the counter as its owner, so releasing it
-is CPython's own ``releasebuffer`` of a memoryview: no Python code runs when a view goes,
-however and whenever that happens (in a thread, in the collector, while an exception
-unwinds). ``counter.release()`` refuses while any export is alive: that is ``close()``.
+The counting is done by CPython, in C. Each view gets its own *counter*: a fresh, empty
+``memoryview``. The view is made over the counter (through ``pickle.PickleBuffer``, so it is a
+new export with a managed buffer of its own, which CPython counts as one of the counter's
+exports) and is then pointed at the span, before anyone else can see it. Releasing the view,
+however and wherever that happens (in a thread, in the collector, while an exception
+unwinds), is CPython's own ``releasebuffer`` of the counter: no Python code runs. A counter is
+lent exactly once and given back exactly once, so no two threads ever change one count:
+this holds where memoryview's counts are not atomic (free-threaded 3.13, CPython
+gh-127716). ``close()`` releases every counter, which CPython refuses for one still lent.
 
-So ``view.obj`` is the counter: an empty read-only memoryview. Nothing reachable from a view
-offers a writable buffer, and views made from the counter see zero bytes and do not count.
+So ``view.obj`` is the view's counter: an empty memoryview. Nothing reachable from a view
+offers more than the view itself does, and views made from the counter see zero bytes.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
-import threading
+import pickle
 import weakref
 from collections.abc import Callable
 
-from mmkit.memory.views import PyBuffer, get_buffer
-from mmkit.platform.interrupts import interrupts_deferred
+from mmkit.memory.locks import ForkSafeLock
 from mmkit.values.errors import InvalidState, OwnsMemory
 
-
-class _TypeSlot(ctypes.Structure):
-    _fields_ = (("slot", ctypes.c_int), ("pfunc", ctypes.c_void_p))
+_Word = ctypes.c_ssize_t
 
 
-class _TypeSpec(ctypes.Structure):
-    _fields_ = (
-        ("name", ctypes.c_char_p),
-        ("basicsize", ctypes.c_int),
-        ("itemsize", ctypes.c_int),
-        ("flags", ctypes.c_uint),
-        ("slots", ctypes.POINTER(_TypeSlot)),
-    )
+def _view_layout() -> tuple[int, int, int]:
+    """Offsets, inside a 1-D memoryview object, of its buffer's ``buf``, ``len`` and shape.
 
-
-# Include/typeslots.h and Include/object.h; stable since 3.10.
-_BF_GETBUFFER = 1
-_TPFLAGS_IMMUTABLETYPE = 1 << 8
-_TPFLAGS_DEFAULT = 1 << 18  # Py_TPFLAGS_HAVE_VERSION_TAG
-_LEN = PyBuffer.len.offset
-_ITEMSIZE = PyBuffer.itemsize.offset
-
-_GetBuffer = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
-
-_type_from_spec = ctypes.pythonapi["PyType_FromSpec"]
-_type_from_spec.argtypes = (ctypes.POINTER(_TypeSpec),)
-_type_from_spec.restype = ctypes.py_object
-_incref = ctypes.pythonapi["Py_IncRef"]
-_incref.argtypes = (ctypes.py_object,)
-_incref.restype = None
-
-_LEASES: dict[int, Lease] = {}
-"""Open leases, by the id of their exporter (which they keep alive while registered)."""
-
-
-def _export(exporter: int | None, view: int | None, flags: int) -> int:
-    """The exporter's ``getbuffer``: a buffer counted by the lease's counter, over its span.
-
-    Called only from ``Lease.view``, with Ctrl-C held, so nothing can interrupt it half-done;
-    it never raises, and answers -1 for a closed lease.
+    ``PyMemoryViewObject`` keeps a private copy of its ``Py_buffer`` (Include/cpython/
+    memoryobject.h), whose header size differs between builds; we find it by the values a
+    fresh view over an empty counter must hold there, then check a pointed view end to end.
     """
+    counter = memoryview(b"")
+    probe = memoryview(pickle.PickleBuffer(counter))
+    size = memoryview.__basicsize__ + 3 * memoryview.__itemsize__
+    words = (_Word * (size // ctypes.sizeof(_Word))).from_address(id(probe))
+    # Py_buffer: buf, obj, len, itemsize, readonly+ndim, format, shape, strides, ...
+    found = [
+        index
+        for index in range(len(words) - 7)
+        if words[index + 1] == id(counter) and words[index + 2] == 0 and words[index + 3] == 1
+    ]
+    if len(found) != 1:
+        raise ImportError("mmkit does not know how this interpreter lays out a memoryview")
+    step = ctypes.sizeof(_Word)
+    shape = words[found[0] + 6] - id(probe)
+    if not 0 < shape < size:
+        raise ImportError("mmkit does not know where this interpreter keeps a view's shape")
+    return found[0] * step, (found[0] + 2) * step, shape
+
+
+_BUF, _LEN, _SHAPE = _view_layout()
+
+
+def _pointed(counter: memoryview, address: int, size: int) -> memoryview:
+    """A new view, lent by ``counter``, whose bytes are ``size`` bytes at ``address``."""
+    maker = pickle.PickleBuffer(counter)
+    view = memoryview(maker)
+    maker.release()
+    at = id(view)
+    _Word.from_address(at + _BUF).value = address
+    _Word.from_address(at + _LEN).value = size
+    _Word.from_address(at + _SHAPE).value = size
+    return view
+
+
+def _lent(counter: memoryview) -> bool:
+    """Whether ``counter``'s view still exists; if not, the counter is released for good."""
     try:
-        lease = _LEASES.get(exporter or 0)
-        if lease is None or view is None:
-            return -1
-        get_buffer(lease._counter, view, flags)  # the counter's own C getbuffer counts it
-        buffer = PyBuffer.from_address(view)
-        buffer.buf = lease.address
-        buffer.len = lease.size
-        buffer.readonly = 0 if lease.writable else 1
-        buffer.shape = view + _LEN
-        buffer.strides = view + _ITEMSIZE
-        return 0
-    except BaseException:  # the counter was released (the lease closed) between the checks
-        return -1
+        counter.release()
+    except BufferError:
+        return True
+    return False
 
 
-def _exporter_type() -> type:
-    """A heap type with only a ``getbuffer`` slot; its callback and tables are never freed."""
-    callback = _GetBuffer(_export)
-    address = ctypes.cast(callback, ctypes.c_void_p).value
-    table = (_TypeSlot * 2)(_TypeSlot(_BF_GETBUFFER, address), _TypeSlot(0, None))
-    name = b"mmkit._Exporter"
-    spec = _TypeSpec(name, 0, 0, _TPFLAGS_DEFAULT | _TPFLAGS_IMMUTABLETYPE, table)
-    for thing in (name, table, spec, callback):
-        _incref(thing)
-    made: type = _type_from_spec(ctypes.byref(spec))
-    return made
+def _check_layout() -> None:
+    """A view pointed at known bytes must read them, and count on its counter, exactly."""
+    known = b"mmkit: a pointed view"
+    buffer = ctypes.create_string_buffer(known, len(known))
+    counter = memoryview(b"")
+    view = _pointed(counter, ctypes.addressof(buffer), len(known))
+    read = (view.nbytes, view.shape, view.readonly, view.obj is counter, bytes(view))
+    part = bytes(view[6:12])
+    lent = _lent(counter)
+    view.release()
+    given_back = not _lent(counter)
+    writer = _pointed(memoryview(bytearray()), ctypes.addressof(buffer), len(known))
+    writer[:5] = b"MMKIT"
+    writer.release()
+    if (
+        read != (len(known), (len(known),), True, True, known)
+        or part != known[6:12]
+        or not (lent and given_back)
+        or buffer.raw[:6] != b"MMKIT:"
+    ):
+        raise ImportError("mmkit cannot make views of its own memory on this interpreter")
 
 
-_Exporter = _exporter_type()
+_check_layout()
 
 
 class Lease(OwnsMemory):
@@ -110,7 +116,7 @@ class Lease(OwnsMemory):
     the lease if no view exists. A closed lease's memory belongs to its owner again.
     """
 
-    __slots__ = ("_counter", "_exporter", "_lock", "_open", "address", "size", "writable")
+    __slots__ = ("_counters", "_lock", "_open", "_tidy_at", "address", "size", "writable")
 
     def __init__(self, address: int, size: int, *, writable: bool = False) -> None:
         if address <= 0 or size <= 0:
@@ -118,11 +124,10 @@ class Lease(OwnsMemory):
         self.address = address
         self.size = size
         self.writable = writable
-        self._counter = memoryview(b"")
-        self._exporter = _Exporter()
+        self._counters: list[memoryview] = []
+        self._tidy_at = 64
         self._open = True
-        self._lock = threading.RLock()
-        _LEASES[id(self._exporter)] = self
+        self._lock = ForkSafeLock()
 
     def __repr__(self) -> str:
         state = "open" if self._open else "closed"
@@ -133,21 +138,32 @@ class Lease(OwnsMemory):
     def open(self) -> bool:
         return self._open
 
-    def view(self) -> memoryview:
-        """A new ``'B'`` view of the whole span; ``InvalidState`` once the lease is closed."""
+    def view(self, start: int = 0, size: int | None = None) -> memoryview:
+        """A new ``'B'`` view of ``size`` bytes from ``start`` (default: the whole span).
+
+        ``InvalidState`` once the lease is closed. Each view is an export of its own, so
+        threads that each make theirs share no CPython object on the way to the bytes.
+        """
+        size = self.size - start if size is None else size
+        if start < 0 or size < 0 or start + size > self.size:
+            raise ValueError(f"{start}+{size} is not inside a span of {self.size} bytes")
+        # Made before the lock is taken: until it is returned the view is ours alone, and
+        # one dropped on any path (a closed lease, a KeyboardInterrupt) just goes unused.
+        counter = memoryview(bytearray()) if self.writable else memoryview(b"")
+        view = _pointed(counter, self.address + start, size)
         with self._lock:
             if not self._open:
                 raise InvalidState(f"the memory at {self.address:#x} has been given back")
-            with interrupts_deferred():
-                try:
-                    return memoryview(self._exporter)
-                except SystemError:
-                    pass
-            # The counter was released behind our back (it is reachable as ``view.obj``)
-            # while no view existed: the lease is still open, so it gets a fresh counter.
-            self._counter = memoryview(b"")
-            with interrupts_deferred():
-                return memoryview(self._exporter)
+            counters = self._counters
+            counters.append(counter)
+            if len(counters) >= self._tidy_at:
+                self._tidy()
+        return view
+
+    def _tidy(self) -> None:
+        """Forget the counters of views that are gone, so the list follows the live ones."""
+        self._counters = [counter for counter in self._counters if _lent(counter)]
+        self._tidy_at = max(64, 2 * len(self._counters))
 
     def close(self) -> bool:
         """End the lease if no view of it exists: True, and the memory is the owner's again.
@@ -157,36 +173,38 @@ class Lease(OwnsMemory):
         with self._lock:
             if not self._open:
                 return True
-            try:
-                self._counter.release()
-            except BufferError:
+            self._tidy()
+            if self._counters:
                 return False
             self._open = False
-            _LEASES.pop(id(self._exporter), None)
             return True
 
     def close_when_idle(self, on_idle: Callable[[], None]) -> None:
         """Make no more views, and call ``on_idle`` once none is left (now, if none is).
 
-        For memory whose owner is gone (a closed manager): CPython frees the counter when the
-        last view of the span goes, and that calls ``on_idle``.
+        For memory whose owner is gone (a closed manager): CPython frees each counter when
+        its view goes, and the last one freed calls ``on_idle``.
         """
         with self._lock:
             if self.close():
                 on_idle()
                 return
             self._open = False
-            _LEASES.pop(id(self._exporter), None)
-            counter, self._counter = self._counter, memoryview(b"")
-        finalizer = weakref.finalize(counter, on_idle)
-        finalizer.atexit = False  # at exit the OS takes the memory back anyway
+            lent, self._counters = self._counters, []
+        _call_when_all_gone(lent, on_idle)
 
 
-def _after_fork_in_child() -> None:
-    """A lease lock held by a thread the fork did not copy would never be released."""
-    for lease in list(_LEASES.values()):
-        lease._lock._at_fork_reinit()  # type: ignore[attr-defined]  # as threading does
+def _call_when_all_gone(objects: list[memoryview], action: Callable[[], None]) -> None:
+    """Call ``action`` once, when the last of ``objects`` is freed (at exit, never)."""
+    left = [len(objects)]
+    lock = ForkSafeLock()
 
+    def one_gone() -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            action()
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    for thing in objects:
+        weakref.finalize(thing, one_gone).atexit = False  # at exit the OS takes it all back
