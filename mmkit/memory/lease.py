@@ -33,17 +33,27 @@ from mmkit.values.errors import InvalidState, OwnsMemory
 _Word = ctypes.c_ssize_t
 
 
-def _view_layout() -> tuple[int, int, int]:
-    """Offsets, inside a 1-D memoryview object, of its buffer's ``buf``, ``len`` and shape.
+class _ViewFields(ctypes.Structure):
+    """The fields of a memoryview object that pointing it changes (laid out below)."""
+
+    buf: int
+    len: int
+    shape: int
+
+
+def _view_layout() -> tuple[type[_ViewFields], int]:
+    """Where a 1-D memoryview object keeps its buffer's ``buf`` and ``len`` and its shape.
 
     ``PyMemoryViewObject`` keeps a private copy of its ``Py_buffer`` (Include/cpython/
-    memoryobject.h), whose header size differs between builds; we find it by the values a
-    fresh view over an empty counter must hold there, then check a pointed view end to end.
+    memoryobject.h) after a header whose size differs between builds, and its shape after
+    that; we find them by the values a fresh view over an empty counter must hold there,
+    and return a structure that lays them over a view (from its ``buf``).
     """
     counter = memoryview(b"")
     probe = memoryview(pickle.PickleBuffer(counter))
     size = memoryview.__basicsize__ + 3 * memoryview.__itemsize__
-    words = (_Word * (size // ctypes.sizeof(_Word))).from_address(id(probe))
+    step = ctypes.sizeof(_Word)
+    words = (_Word * (size // step)).from_address(id(probe))
     # Py_buffer: buf, obj, len, itemsize, readonly+ndim, format, shape, strides, ...
     found = [
         index
@@ -52,14 +62,24 @@ def _view_layout() -> tuple[int, int, int]:
     ]
     if len(found) != 1:
         raise ImportError("mmkit does not know how this interpreter lays out a memoryview")
-    step = ctypes.sizeof(_Word)
+    buf = found[0] * step
     shape = words[found[0] + 6] - id(probe)
-    if not 0 < shape < size:
+    if not buf + 8 * step <= shape < size:
         raise ImportError("mmkit does not know where this interpreter keeps a view's shape")
-    return found[0] * step, (found[0] + 2) * step, shape
+
+    class Fields(_ViewFields):
+        _fields_ = (
+            ("buf", _Word),
+            ("obj", _Word),
+            ("len", _Word),
+            ("between", ctypes.c_char * (shape - buf - 3 * step)),
+            ("shape", _Word),
+        )
+
+    return Fields, buf
 
 
-_BUF, _LEN, _SHAPE = _view_layout()
+_Fields, _BUF = _view_layout()
 
 
 def _pointed(counter: memoryview, address: int, size: int) -> memoryview:
@@ -67,10 +87,10 @@ def _pointed(counter: memoryview, address: int, size: int) -> memoryview:
     maker = pickle.PickleBuffer(counter)
     view = memoryview(maker)
     maker.release()
-    at = id(view)
-    _Word.from_address(at + _BUF).value = address
-    _Word.from_address(at + _LEN).value = size
-    _Word.from_address(at + _SHAPE).value = size
+    fields = _Fields.from_address(id(view) + _BUF)
+    fields.buf = address
+    fields.len = size
+    fields.shape = size
     return view
 
 
