@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from mmkit.bench import cases, machine, queries, scaling
+from mmkit.bench import cases, machine, queries, scaling, threads
 from mmkit.bench.data import Dataset
 from mmkit.bench.harness import Outcome, Row, Settings, format_ns, table
 from mmkit.values.text import printable
@@ -24,7 +24,7 @@ from mmkit.values.text import printable
 Case = Callable[[Settings, Dataset], Outcome]
 
 
-def _cases(plot: Path | None) -> dict[str, Case]:
+def _cases(plot: Path | None, beside: str | None = None) -> dict[str, Case]:
     found: dict[str, Case] = {
         "access": cases.access,
         "init": cases.init,
@@ -32,6 +32,7 @@ def _cases(plot: Path | None) -> dict[str, Case]:
         "scan": cases.scan,
         "pool": cases.pool,
         "scaling": partial(scaling.scaling, plot=plot),
+        "threads": partial(threads.threads, beside=beside),
     }
     found["queries"] = queries.queries
     found["rss"] = queries.rss
@@ -52,6 +53,11 @@ def _parser(names: list[str]) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="less work: about a minute")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
     parser.add_argument("--plot", type=Path, metavar="FILE", help="scaling SVG (matplotlib)")
+    parser.add_argument(
+        "--beside",
+        metavar="PYTHON",
+        help="also run the threads case in this interpreter (e.g. a free-threaded one)",
+    )
     return parser
 
 
@@ -101,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     repeat = args.repeat if args.repeat is not None else (3 if args.quick else 15)
     settings = Settings(repeat=repeat, quick=args.quick)
-    chosen = _cases(args.plot)
+    chosen = _cases(args.plot, args.beside)
     selected = args.cases or list(chosen)
     started = time.perf_counter()
     print("measuring the machine…", file=sys.stderr, flush=True)

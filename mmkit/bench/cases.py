@@ -174,7 +174,8 @@ def load(settings: Settings, data: Dataset) -> Outcome:
     )
 
 
-def _scan(access: Access, layers: list[LayerId]) -> int:
+def scan_layers(access: Access, layers: list[LayerId]) -> int:
+    """crc32 of each layer through ``access``, combined: a scan a reader would do."""
     crc = 0
     for layer in layers:
         crc ^= zlib.crc32(access(layer))
@@ -204,11 +205,11 @@ def scan(settings: Settings, data: Dataset) -> Outcome:
             manager.load_dimension(spec.id)
         get = manager.access_layer
         ones = [LayerId(1, index) for index in range(config.layer_count(1))]
-        if _scan(get, ones) != _scan(slicer(whole), ones):
+        if scan_layers(get, ones) != scan_layers(slicer(whole), ones):
             raise AssertionError("the mmkit and stdlib scans disagree")
         single = interleave(
-            lambda: elapsed(lambda: _scan(get, ones)),
-            lambda: elapsed(lambda: _scan(slicer(whole), ones)),
+            lambda: elapsed(lambda: scan_layers(get, ones)),
+            lambda: elapsed(lambda: scan_layers(slicer(whole), ones)),
             settings.repeat * 5,
         )
         per_dimension = [
@@ -218,11 +219,11 @@ def scan(settings: Settings, data: Dataset) -> Outcome:
         per_dimension.sort(key=len, reverse=True)
 
         def pooled() -> None:
-            list(executor.map(lambda layers: _scan(get, layers), per_dimension))
+            list(executor.map(lambda layers: scan_layers(get, layers), per_dimension))
 
         def serial() -> None:
             for layers in per_dimension:
-                _scan(get, layers)
+                scan_layers(get, layers)
 
         copies = [data.payload(spec.id) for spec in config.dimensions]
         copies.sort(key=len, reverse=True)

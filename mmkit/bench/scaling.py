@@ -1,18 +1,15 @@
-"""Case 6: how init, load and access cost grow with the budget, and access with threads."""
+"""Case 6: how init, load and access cost grow with the budget (threads: ``threads``)."""
 
 from __future__ import annotations
 
 import importlib
 import mmap
 import statistics
-import threading
 import time
-from functools import partial
-from itertools import repeat as forever
 from pathlib import Path
 from typing import Any
 
-from mmkit.bench.cases import BUDGET, Access, per_call, slicer
+from mmkit.bench.cases import BUDGET, per_call
 from mmkit.bench.data import Dataset
 from mmkit.bench.harness import Outcome, Settings, elapsed, interleave, repeat_one, table
 from mmkit.manager import MmapManager
@@ -21,7 +18,6 @@ from mmkit.values.ids import LayerId
 from mmkit.values.units import GiB, MiB
 
 BUDGETS = (64 * MiB, 256 * MiB, 1 * GiB, 2 * GiB)
-THREADS = (1, 2, 4, 16, 64, 128)
 
 
 def scaled_config(budget: int) -> MemoryConfig:
@@ -80,80 +76,24 @@ def _budget_row(settings: Settings, budget: int) -> dict[str, float]:
     }
 
 
-def _threaded(access: Access, layer: LayerId, threads: int, total: int) -> float:
-    """Nanoseconds per access (wall time / all accesses) with ``threads`` threads at once."""
-    each = max(1, total // threads)
-    barrier = threading.Barrier(threads + 1)
-
-    def work() -> None:
-        barrier.wait()
-        for _ in forever(None, each):
-            access(layer)
-
-    workers = [threading.Thread(target=work) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    barrier.wait()
-    start = time.perf_counter_ns()
-    for worker in workers:
-        worker.join()
-    return (time.perf_counter_ns() - start) / (each * threads)
-
-
-def _thread_rows(settings: Settings) -> list[dict[str, float]]:
-    total = settings.scale(200_000, 40_000)
-    manager = MmapManager(MemoryConfig())
-    stdlib = mmap.mmap(-1, 16 * MiB)
-    whole = memoryview(stdlib)
-    rows = []
-    try:
-        manager.load_dimension(1)
-        layer = LayerId(1, 0)
-        manager.access_layer(layer)
-        peer = slicer(whole)
-        for threads in THREADS:
-            mine, theirs = interleave(
-                partial(_threaded, manager.access_layer, layer, threads, total),
-                partial(_threaded, peer, layer, threads, total),
-                settings.repeat,
-            )
-            rows.append(
-                {
-                    "threads": threads,
-                    "mmkit_per_s": 1e9 / statistics.median(mine),
-                    "peer_per_s": 1e9 / statistics.median(theirs),
-                }
-            )
-    finally:
-        whole.release()
-        stdlib.close()
-        manager.close()
-    return rows
-
-
-def _plot(path: Path, budgets: list[dict[str, float]], threads: list[dict[str, float]]) -> bool:
-    """Write both curves (SVG or PNG, by the name) if matplotlib is importable; else False."""
+def _plot(path: Path, budgets: list[dict[str, float]]) -> bool:
+    """Write the curves (SVG or PNG, by the name) if matplotlib is importable; else False."""
     try:
         matplotlib: Any = importlib.import_module("matplotlib")
     except ImportError:
         return False
     matplotlib.use("Agg")
     pyplot: Any = importlib.import_module("matplotlib.pyplot")
-    figure, (left, right) = pyplot.subplots(1, 2, figsize=(11, 4))
+    figure, axes = pyplot.subplots(figsize=(6, 4))
     sizes = [row["budget"] / MiB for row in budgets]
     for key, label in (
         ("init_ns", "init"),
         ("load_zero_ns", "load zero-filled"),
         ("load_bytes_ns", "load from bytes"),
     ):
-        left.plot(sizes, [row[key] / 1e6 for row in budgets], marker="o", label=label)
-    left.set(xscale="log", yscale="log", xlabel="budget (MiB)", ylabel="ms", title="budget")
-    left.legend()
-    counts = [row["threads"] for row in threads]
-    right.plot(counts, [row["mmkit_per_s"] for row in threads], marker="o", label="access_layer")
-    right.plot(counts, [row["peer_per_s"] for row in threads], marker="o", label="memoryview slice")
-    right.set(xscale="log", xlabel="threads", ylabel="accesses/s", title="threads")
-    right.legend()
+        axes.plot(sizes, [row[key] / 1e6 for row in budgets], marker="o", label=label)
+    axes.set(xscale="log", yscale="log", xlabel="budget (MiB)", ylabel="ms", title="budget")
+    axes.legend()
     figure.tight_layout()
     figure.savefig(path)
     pyplot.close(figure)
@@ -161,9 +101,8 @@ def _plot(path: Path, budgets: list[dict[str, float]], threads: list[dict[str, f
 
 
 def scaling(settings: Settings, data: Dataset, plot: Path | None = None) -> Outcome:
-    """Case 6: a plain table per axis; an SVG of both when asked and matplotlib is there."""
+    """Case 6: a plain table; an SVG of it when asked and matplotlib is there."""
     budgets = [_budget_row(settings, budget) for budget in BUDGETS]
-    threads = _thread_rows(settings)
     budget_table = table(
         ("budget", "data", "init", "mmap init", "load zero", "load bytes", "copy", "access"),
         [
@@ -180,25 +119,8 @@ def scaling(settings: Settings, data: Dataset, plot: Path | None = None) -> Outc
             for row in budgets
         ],
     )
-    thread_table = table(
-        ("threads", "access_layer/s", "slice/s", "mmkit/peer"),
-        [
-            (
-                f"{row['threads']:.0f}",
-                f"{row['mmkit_per_s'] / 1e6:.2f} M",
-                f"{row['peer_per_s'] / 1e6:.2f} M",
-                f"{row['mmkit_per_s'] / row['peer_per_s']:.2f}",
-            )
-            for row in threads
-        ],
-    )
-    text = (
-        "scaling with the budget (14 dimensions in proportion; medians)\n"
-        f"{budget_table}\n\n"
-        "scaling with threads (all threads calling access_layer on one layer; total)\n"
-        f"{thread_table}"
-    )
+    text = f"scaling with the budget (14 dimensions in proportion; medians)\n{budget_table}"
     if plot is not None:
-        wrote = _plot(plot, budgets, threads)
+        wrote = _plot(plot, budgets)
         text += f"\n\nplot: {plot}" if wrote else "\n\nplot: skipped (matplotlib not importable)"
-    return Outcome([], text, {"budgets": budgets, "threads": threads})
+    return Outcome([], text, {"budgets": budgets})
