@@ -1,4 +1,5 @@
-"""What the scenarios share: results, options, the dataset and /proc readings."""
+"""What the scenarios share: results, options, the dataset, and the Linux-only /proc readings
+of the rlimit scenario (the others measure through ``tests.osprobe`` on every OS)."""
 
 from __future__ import annotations
 

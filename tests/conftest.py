@@ -1,4 +1,8 @@
-"""Shared fixtures: small configurations that keep the tests fast, and mapping probes."""
+"""Shared fixtures: small configurations that keep the tests fast, and a child interpreter.
+
+What the OS says about the process's memory is in ``tests.osprobe``; platform guards are in
+``tests.markers``.
+"""
 
 from __future__ import annotations
 
@@ -59,22 +63,6 @@ def manager(config: MemoryConfig) -> Iterator[MmapManager]:
         yield mgr
 
 
-def mappings() -> list[tuple[int, int]]:
-    """This process's mappings as (start, end), from /proc/self/maps."""
-    spans = []
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            start, end = line.split()[0].split("-")
-            spans.append((int(start, 16), int(end, 16)))
-    return spans
-
-
-def mapped_bytes_in(address: int, size: int) -> int:
-    """Bytes of [address, address+size) covered by any mapping of this process."""
-    end = address + size
-    return sum(max(0, min(end, e) - max(address, s)) for s, e in mappings())
-
-
 def run_threads(target: Callable[[int], object], count: int) -> None:
     """Run ``target(n)`` for n in range(count) on as many threads, and wait for them all."""
     threads = [threading.Thread(target=target, args=(n,)) for n in range(count)]
@@ -82,32 +70,6 @@ def run_threads(target: Callable[[int], object], count: int) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-
-
-def vm_size_kib() -> int:
-    """This process's virtual size, from /proc/self/status."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmSize in /proc/self/status")
-
-
-def exhaust_mappings(page_size: int) -> list[object]:
-    """Map single pages until the kernel refuses one more (its map count limit).
-
-    Neighbours alternate protections, so the kernel cannot merge them into one mapping.
-    Keep the result alive while the limit should hold; drop it to give the mappings back.
-    """
-    import mmap
-
-    maps: list[object] = []
-    try:
-        while True:
-            prot = mmap.PROT_READ if len(maps) % 2 else mmap.PROT_READ | mmap.PROT_WRITE
-            maps.append(mmap.mmap(-1, page_size, prot=prot))
-    except OSError:
-        return maps
 
 
 def run_python(

@@ -30,9 +30,8 @@ from mmkit import (
 )
 from mmkit.platform import PAGE_SIZE
 from mmkit.system import ConsciousnessSystem
+from tests import markers
 from tests.conftest import run_python, small_config
-
-POSIX = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs POSIX signals")
 
 STORM = """
 import os, signal, sys, threading, time
@@ -77,6 +76,7 @@ def test_an_argument_that_closes_the_manager_cannot_re_enter_a_write(tmp_path: P
         f"""
         import mmkit
         from mmkit import LayerId
+        from mmkit.platform import PAGE_SIZE
         from tests.conftest import small_config
         mgr = mmkit.MmapManager(small_config())
         other = []
@@ -85,7 +85,7 @@ def test_an_argument_that_closes_the_manager_cannot_re_enter_a_write(tmp_path: P
                 if not other:
                     mgr.close()
                     second = mmkit.MmapManager(small_config())
-                    second.load_dimension(1, b"X" * (4 * 4096))
+                    second.load_dimension(1, b"X" * (4 * PAGE_SIZE))
                     other.append((second, second.access_layer(LayerId(1, 0))))
                 return 1
         bad = {str(tmp_path / "bad.mmkd")!r}
@@ -138,7 +138,7 @@ def test_a_layer_id_subclass_that_closes_the_manager_gets_invalid_state() -> Non
 # -- 2, 4, 6, 11: Ctrl-C storms -------------------------------------------------------------
 
 
-@POSIX
+@markers.posix_signals
 def test_ctrl_c_storm_over_block_views_allocate_and_free() -> None:
     """A KeyboardInterrupt inside a ctypes callback handed C an unfilled buffer (SIGSEGV); an
     interrupted allocate or free lost its block; a block whose free was interrupted could
@@ -175,7 +175,7 @@ mgr.allocate(stats.pool_size)
     )
 
 
-@POSIX
+@markers.posix_signals
 @pytest.mark.timeout(120)
 def test_ctrl_c_storm_over_readers_and_an_updater() -> None:
     """A release callback run with an exception set left a lease lock taken: the updater,
@@ -203,7 +203,7 @@ mgr.close()
     )
 
 
-@POSIX
+@markers.posix_signals
 def test_ctrl_c_during_saves_leaves_no_temporary_files(tmp_path: Path) -> None:
     """An interrupted save stranded its hidden temporary file."""
     storm(

@@ -8,9 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 import mmkit
+from tests import markers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,7 +43,7 @@ DEMO_WITH_READERS_HELD = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX")
+@markers.posix_signals
 def test_ctrl_c_while_the_readers_run_prints_one_line(tmp_path: Path) -> None:
     mmkit.generate_dataset(tmp_path)
     child = subprocess.Popen(

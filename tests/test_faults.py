@@ -17,8 +17,9 @@ import pytest
 import mmkit
 from mmkit import LayerId, MemoryConfig, MmapManager, MmkitError
 from mmkit.platform import BACKEND, PAGE_SIZE
-from tests.conftest import mapped_bytes_in, mappings, small_config
+from tests.conftest import small_config
 from tests.faults import FaultyMemory
+from tests.osprobe import address_space_bytes, mapped_bytes_in
 
 Operation = Callable[[MmapManager], object]
 
@@ -108,7 +109,7 @@ def test_a_failed_call_leaves_no_trace(data: Path, name: str, persistent: bool) 
 @pytest.mark.parametrize("prefault", [False, True])
 def test_a_failed_init_leaves_no_mapping(prefault: bool) -> None:
     config = small_config(prefault=prefault)
-    before = sum(end - start for start, end in mappings())
+    before = address_space_bytes()
     failed = 0
     for n in range(1, 20):
         vm = FaultyMemory(BACKEND)
@@ -122,7 +123,7 @@ def test_a_failed_init_leaves_no_mapping(prefault: bool) -> None:
         mgr.close()
         if vm.calls < n:
             break
-    after = sum(end - start for start, end in mappings())
+    after = address_space_bytes()
     assert failed >= (4 if prefault else 1)
     assert after - before < config.limit
 

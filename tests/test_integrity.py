@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,6 +26,7 @@ from mmkit import (
     MmapManager,
 )
 from mmkit.platform import PAGE_SIZE
+from tests import markers
 from tests.conftest import run_python, run_threads, small_config
 
 
@@ -148,7 +148,7 @@ def test_save_paths_that_cannot_name_a_file(path: str, error: type[Exception]) -
             mgr.save_dimension(1, path)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="vm.max_map_count is Linux's")
+@markers.map_count_limit
 def test_running_out_of_mappings_is_named_and_changes_nothing() -> None:
     """D13: at vm.max_map_count, update_layer said OutOfMemory with 144 MiB free."""
     result = run_python(
@@ -156,7 +156,8 @@ def test_running_out_of_mappings_is_named_and_changes_nothing() -> None:
         import mmkit
         from mmkit import LayerId, MmapManager
         from mmkit.platform import PAGE_SIZE
-        from tests.conftest import exhaust_mappings, small_config
+        from tests.conftest import small_config
+        from tests.osprobe.linux import exhaust_mappings
         mgr = MmapManager(small_config())
         mgr.load_dimension(1)
         before = mgr.stats()

@@ -10,21 +10,22 @@ PRELUDE = """
 import gc, threading
 import mmkit
 from mmkit import LayerId, MemoryConfig, MmapManager
-from tests.conftest import small_config, mapped_bytes_in
+from mmkit.platform import PAGE_SIZE
+from tests.conftest import small_config
 """
 
 SCENARIOS = {
     "view read after close": """
         mgr = MmapManager(small_config())
-        mgr.load_dimension(1, bytes(range(256)) * 64)
+        mgr.load_dimension(1, bytes(range(256)) * (4 * PAGE_SIZE // 256))
         view = mgr.access_layer(LayerId(1, 1))
         mgr.close()
         assert view[:3].tolist() == [0, 1, 2], view[:3].tolist()
-        assert sum(view) == 16 * sum(range(256))
+        assert sum(view) == PAGE_SIZE // 256 * sum(range(256))
     """,
     "view outlives the manager object": """
         mgr = MmapManager(small_config())
-        mgr.load_dimension(2, b"\\x05" * (2 * 4096))
+        mgr.load_dimension(2, b"\\x05" * (2 * PAGE_SIZE))
         view = mgr.access_layer(LayerId(2, 0))[100:]
         del mgr
         gc.collect()
@@ -36,7 +37,7 @@ SCENARIOS = {
         views = [mgr.access_layer(LayerId(1, i)) for i in range(4)]
         mgr.close()
         views[0].release()
-        assert all(bytes(v) == bytes(4096) for v in views[1:])
+        assert all(bytes(v) == bytes(PAGE_SIZE) for v in views[1:])
     """,
     "readers racing close": """
         mgr = MmapManager(MemoryConfig())
@@ -86,14 +87,14 @@ SCENARIOS = {
             else:
                 raise AssertionError("no InvalidState")
         mgr.stats(); repr(mgr); mgr.close()
-        assert bytes(view) == bytes(4096)
+        assert bytes(view) == bytes(PAGE_SIZE)
     """,
     "a daemon thread reading during interpreter exit": """
         mgr = MmapManager(small_config())
-        mgr.load_dimension(1, b"\\x01" * (4 * 4096))
+        mgr.load_dimension(1, b"\\x01" * (4 * PAGE_SIZE))
         def spin():
             while True:
-                assert sum(mgr.access_layer(LayerId(1, 0))) == 4096
+                assert sum(mgr.access_layer(LayerId(1, 0))) == PAGE_SIZE
         threading.Thread(target=spin, daemon=True).start()
     """,
 }

@@ -27,22 +27,13 @@ from mmkit import (
     address_of,
 )
 from mmkit.platform import PAGE_SIZE
-from tests.conftest import mapped_bytes_in, mappings, run_python, run_threads, small_config
+from tests.conftest import run_python, run_threads, small_config
+from tests.osprobe import mapped_bytes_in, mapping_count, protection_at
 
 
 def pattern(size: int, seed: int = 1) -> bytes:
     block = bytes((seed * 31 + i * 7) % 251 for i in range(4096))
     return (block * (size // 4096 + 1))[:size]
-
-
-def permissions_of(address: int) -> str:
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            span, perms = line.split()[:2]
-            start, end = (int(x, 16) for x in span.split("-"))
-            if start <= address < end:
-                return perms
-    return ""
 
 
 # -- the spec's unit tests ------------------------------------------------------------
@@ -59,7 +50,7 @@ def test_manager_initialization() -> None:
             assert region.address % PAGE_SIZE == 0
         for before, after in itertools.pairwise(regions):
             assert before.end + PAGE_SIZE <= after.address
-            assert permissions_of(before.end) == "---p"
+            assert protection_at(before.end) == "none"
         assert mgr.stats().committed == 0
         assert mgr.stats().resident == 0
 
@@ -179,7 +170,7 @@ def _assert_untouched(manager: MmapManager, dimension: int) -> None:
     assert not manager.is_loaded(dimension)
     assert manager.stats().committed == 0
     assert manager.stats().resident == 0
-    assert permissions_of(region.address) == "---p"
+    assert protection_at(region.address) == "none"
 
 
 @pytest.mark.parametrize(
@@ -249,7 +240,7 @@ def test_views_are_read_only(manager: MmapManager) -> None:
     view = manager.access_layer(LayerId(1, 0))
     with pytest.raises(TypeError):
         view[0] = 1
-    assert permissions_of(address_of(view)) == "r--p"
+    assert protection_at(address_of(view)) == "read"
 
 
 # -- data files -----------------------------------------------------------------------
@@ -323,7 +314,7 @@ def test_truncating_a_loaded_file_cannot_hurt(
 
 
 def test_close_returns_every_mapping(config: MemoryConfig) -> None:
-    before = len(mappings())
+    before = mapping_count()
     mgr = MmapManager(config)
     mgr.load_dimension(1, pattern(4 * PAGE_SIZE))
     mgr.access_layer(LayerId(1, 0))
@@ -331,7 +322,7 @@ def test_close_returns_every_mapping(config: MemoryConfig) -> None:
     reserved = mgr.stats().reserved
     mgr.close()
     assert mapped_bytes_in(first - PAGE_SIZE, reserved) == 0
-    assert len(mappings()) <= before
+    assert mapping_count() <= before
 
 
 def test_a_view_keeps_its_memory_after_close(config: MemoryConfig) -> None:
@@ -343,7 +334,7 @@ def test_a_view_keeps_its_memory_after_close(config: MemoryConfig) -> None:
     other = mgr.region(2)
     mgr.close()
     assert bytes(view) == data[2 * PAGE_SIZE + 10 : 2 * PAGE_SIZE + 20]
-    assert permissions_of(other.address) == "---p"  # unpinned regions are decommitted
+    assert protection_at(other.address) == "none"  # unpinned regions are decommitted
     address = address_of(view)
     del view
     assert mapped_bytes_in(address, PAGE_SIZE) == 0
@@ -360,8 +351,8 @@ def test_a_thousand_cycles_leave_no_trace() -> None:
     """In a child of its own, so no other test's threads map memory meanwhile."""
     result = run_python(
         """
-        from mmkit import LayerId, MemoryConfig, MmapManager
-        from tests.conftest import mappings, vm_size_kib
+        from mmkit import LayerId, MemoryConfig, MiB, MmapManager
+        from tests.osprobe import address_space_bytes, mapping_count, resident_bytes
 
         def cycle():
             with MmapManager(MemoryConfig()) as mgr:
@@ -369,13 +360,14 @@ def test_a_thousand_cycles_leave_no_trace() -> None:
                 mgr.access_layer(LayerId(14, 3))
 
         cycle()
-        maps, size = len(mappings()), vm_size_kib()
+        maps, size, rss = mapping_count(), address_space_bytes(), resident_bytes()
         for _ in range(1000):
             cycle()
         # One leaked cycle would be 300+ MiB and a mapping; the interpreter's own allocator
-        # moves the count and size by a little either way.
-        assert len(mappings()) <= maps, (len(mappings()), maps)
-        assert vm_size_kib() <= size + 1024, (vm_size_kib(), size)
+        # moves the count and sizes by a little either way.
+        assert mapping_count() <= maps, (mapping_count(), maps)
+        assert address_space_bytes() <= size + MiB, (address_space_bytes(), size)
+        assert resident_bytes() <= rss + 8 * MiB, (resident_bytes(), rss)
         """,
         timeout=120,
     )

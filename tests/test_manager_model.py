@@ -28,7 +28,8 @@ import mmkit
 from mmkit import Block, LayerId, ManagerState, MmapManager
 from mmkit.memory.pool import ALIGNMENT
 from mmkit.platform import PAGE_SIZE
-from tests.conftest import mapped_bytes_in, small_config
+from tests.conftest import small_config
+from tests.osprobe import mapped_bytes_in
 
 CONFIG = small_config(limit=9 * PAGE_SIZE + 16 * PAGE_SIZE, user_quota=8 * PAGE_SIZE)
 SPECS = {int(spec.id): spec for spec in CONFIG.dimensions}

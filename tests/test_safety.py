@@ -6,7 +6,6 @@ code; anything that could hang has a timeout. Item numbers refer to the safety i
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -16,9 +15,8 @@ import time
 
 import pytest
 
+from tests import markers
 from tests.conftest import ROOT, run_python
-
-POSIX = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and POSIX signals")
 
 PRELUDE = """
 import copy, ctypes, gc, os, pickle, sys, threading
@@ -127,7 +125,7 @@ def test_a_slice_of_a_block_view_outlives_close() -> None:
     assert result.returncode == 0, result.stderr
 
 
-@POSIX
+@markers.posix_signals
 @pytest.mark.timeout(180)
 def test_ctrl_c_at_random_moments_during_loads(tmp_path: object) -> None:
     """A4: an interrupted load decommitted its region under a verifier thread (SIGSEGV)."""
@@ -191,7 +189,7 @@ def test_ctrl_c_at_random_moments_during_loads(tmp_path: object) -> None:
     assert "interrupted" in out
 
 
-@POSIX
+@markers.needs_mlockall
 def test_pages_locked_by_mlockall_are_given_back_zeroed() -> None:
     """A5: madvise(DONTNEED) refused locked pages; the span stayed counted as committed."""
     result = run(
@@ -237,7 +235,7 @@ def test_pages_locked_by_mlockall_are_given_back_zeroed() -> None:
 # -- B. hangs -----------------------------------------------------------------------------
 
 
-@POSIX
+@markers.needs_fork
 def test_loads_work_in_a_forked_child(tmp_path: object) -> None:
     """B6: the verifier pool was inherited by a forked child without its threads."""
     result = run(
@@ -274,7 +272,7 @@ def test_loads_work_in_a_forked_child(tmp_path: object) -> None:
     assert result.returncode == 0, result.stderr
 
 
-@POSIX
+@markers.needs_fork
 def test_fork_while_another_thread_writes() -> None:
     """B6: a child forked while a writer held the manager's lock would wait on it forever."""
     result = run(

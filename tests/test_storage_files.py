@@ -38,15 +38,13 @@ from mmkit.storage import (
     write_dimension,
     write_layers,
 )
+from tests import markers
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYER = PAGE_SIZE
 A = DimensionSpec(1, "A", 3 * LAYER)
 CONFIG = MemoryConfig(limit=16 * LAYER, layer_size=LAYER, dimensions=(A,))
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
-
-needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
-needs_posix = pytest.mark.skipif(os.name != "posix", reason="POSIX modes and sparse files")
 
 
 def problem_of(path: Path | str) -> str:
@@ -76,7 +74,7 @@ def load(path: Path) -> bytes:
 # -- B7: only regular files are read ----------------------------------------------------
 
 
-@needs_fifo
+@markers.needs_fifo
 @pytest.mark.timeout(10)
 def test_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
     fifo = tmp_path / "d01-a.mmkd"
@@ -90,7 +88,7 @@ def test_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
     assert problem_of(link) == "not a regular file (a FIFO)"
 
 
-@needs_fifo
+@markers.needs_fifo
 @pytest.mark.timeout(10)
 def test_a_fifo_header_is_refused_at_once(tmp_path: Path) -> None:
     from mmkit.storage import read_header_file
@@ -101,7 +99,7 @@ def test_a_fifo_header_is_refused_at_once(tmp_path: Path) -> None:
         read_header_file(fifo)
 
 
-@needs_fifo
+@markers.needs_fifo
 @pytest.mark.timeout(10)
 def test_a_fifo_in_the_data_directory_is_refused(tmp_path: Path) -> None:
     os.mkfifo(dimension_path(tmp_path, A))
@@ -112,7 +110,7 @@ def test_a_fifo_in_the_data_directory_is_refused(tmp_path: Path) -> None:
         assert not manager.is_loaded(1)
 
 
-@needs_fifo
+@markers.needs_fifo
 def test_mmkit_inspect_refuses_a_fifo(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
@@ -133,7 +131,7 @@ def test_a_directory_is_refused(tmp_path: Path) -> None:
     assert inspect_file(tmp_path).verdict == "is a directory"
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+@markers.posix_devices
 @pytest.mark.timeout(10)
 def test_a_device_is_refused(tmp_path: Path) -> None:
     assert problem_of("/dev/zero") == "not a regular file (a character device)"
@@ -153,7 +151,7 @@ def forged(path: Path, offset: int, payload_size: int) -> None:
     os.truncate(path, offset + payload_size)
 
 
-@needs_posix
+@markers.posix_modes
 @pytest.mark.timeout(10)
 def test_sparse_padding_is_refused_at_once(tmp_path: Path) -> None:
     path = tmp_path / "sparse.mmkd"
@@ -198,7 +196,7 @@ def test_the_length_is_checked_before_the_padding(tmp_path: Path) -> None:
 # -- C11: saving replaces a regular file only, as open(path, "wb") would -----------------
 
 
-@needs_fifo
+@markers.needs_fifo
 @pytest.mark.timeout(10)
 def test_saving_over_a_fifo_is_refused(tmp_path: Path) -> None:
     fifo = tmp_path / "a.mmkd"
@@ -231,7 +229,7 @@ def test_saving_over_a_directory_is_refused(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["a.mmkd"]
 
 
-@needs_posix
+@markers.posix_modes
 @pytest.mark.parametrize("mode", [0o600, 0o640, 0o666, 0o400])
 def test_replacing_a_file_keeps_its_mode(tmp_path: Path, mode: int) -> None:
     path = tmp_path / "a.mmkd"

@@ -19,6 +19,7 @@ import pytest
 from mmkit import DataFileError, DimensionSpec
 from mmkit.platform import PAGE_SIZE
 from mmkit.storage import PAYLOAD_ALIGNMENT, read_dimension, write_dimension
+from tests import markers
 from tests.conftest import run_python
 
 LAYER = PAGE_SIZE
@@ -128,7 +129,7 @@ def loader(tmp_path: Path, layer: int, count: int) -> str:
     return LOADER.format(path=str(path), layer=layer, count=count)
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+@markers.needs_fork
 def test_a_forked_child_loads(tmp_path: Path) -> None:
     result = run_python(
         loader(tmp_path, LAYER, 16)
