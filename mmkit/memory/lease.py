@@ -28,6 +28,7 @@ import weakref
 from collections.abc import Callable
 
 from mmkit.memory.locks import ForkSafeLock
+from mmkit.platform.interrupts import interrupts_deferred
 from mmkit.values.errors import InvalidState, OwnsMemory
 
 _Word = ctypes.c_ssize_t
@@ -129,14 +130,25 @@ def _check_layout() -> None:
 _check_layout()
 
 
+_OPEN, _CLOSING, _CLOSED = 0, 1, 2
+
+
 class Lease(OwnsMemory):
     """One span of committed memory, and exactly the views of it that exist.
 
     ``view()`` makes a view (read-only unless the lease is ``writable``); ``close()`` ends
     the lease if no view exists. A closed lease's memory belongs to its owner again.
+
+    Making a view takes no lock. It records the view's counter in ``_counters`` (one list,
+    only ever changed in place, by single list operations), then reads ``_state``. A close
+    marks the lease closing under ``_lock``, then copies the list. Either the copy holds
+    the new counter (its view exists, so the close is refused), or the list operations
+    ordered the view's append after the copy and the view sees the lease closing, waits
+    for ``_lock`` and learns the outcome. The GIL gives that order on GIL builds; the
+    list's own lock gives it on free-threaded ones.
     """
 
-    __slots__ = ("_counters", "_lock", "_open", "_tidy_at", "address", "size", "writable")
+    __slots__ = ("_counters", "_lock", "_state", "_tidy_at", "address", "size", "writable")
 
     def __init__(self, address: int, size: int, *, writable: bool = False) -> None:
         if address <= 0 or size <= 0:
@@ -146,17 +158,17 @@ class Lease(OwnsMemory):
         self.writable = writable
         self._counters: list[memoryview] = []
         self._tidy_at = 64
-        self._open = True
+        self._state = _OPEN
         self._lock = ForkSafeLock()
 
     def __repr__(self) -> str:
-        state = "open" if self._open else "closed"
+        state = "open" if self.open else "closed"
         kind = "writable" if self.writable else "read-only"
         return f"<Lease {state} {kind} {self.address:#x}+{self.size:#x}>"
 
     @property
     def open(self) -> bool:
-        return self._open
+        return self._state != _CLOSED
 
     def view(self, start: int = 0, size: int | None = None) -> memoryview:
         """A new ``'B'`` view of ``size`` bytes from ``start`` (default: the whole span).
@@ -167,23 +179,36 @@ class Lease(OwnsMemory):
         size = self.size - start if size is None else size
         if start < 0 or size < 0 or start + size > self.size:
             raise ValueError(f"{start}+{size} is not inside a span of {self.size} bytes")
-        # Made before the lock is taken: until it is returned the view is ours alone, and
-        # one dropped on any path (a closed lease, a KeyboardInterrupt) just goes unused.
+        # Until it is returned the view is ours alone: one dropped on any path (a closed
+        # lease, a KeyboardInterrupt) just leaves an idle counter behind.
         counter = memoryview(bytearray()) if self.writable else memoryview(b"")
         view = _pointed(counter, self.address + start, size)
-        with self._lock:
-            if not self._open:
-                raise InvalidState(f"the memory at {self.address:#x} has been given back")
-            counters = self._counters
-            counters.append(counter)
-            if len(counters) >= self._tidy_at:
-                self._tidy()
+        counters = self._counters
+        counters.append(counter)
+        if self._state:  # a close is being decided, or was: wait for its answer
+            with self._lock:
+                if self._state == _CLOSED:
+                    raise InvalidState(f"the memory at {self.address:#x} has been given back")
+        if len(counters) >= self._tidy_at:
+            self._tidy()
         return view
 
     def _tidy(self) -> None:
-        """Forget the counters of views that are gone, so the list follows the live ones."""
-        self._counters = [counter for counter in self._counters if _lent(counter)]
-        self._tidy_at = max(64, 2 * len(self._counters))
+        """Forget the counters of views that are gone, so the list follows the live ones.
+
+        One thread at a time (others skip); counters appended meanwhile stay, since only the
+        part of the list that was looked at is replaced.
+        """
+        with interrupts_deferred():  # a Ctrl-C between acquire and try would keep the lock
+            if not self._lock.acquire(blocking=False):
+                return
+            try:
+                counters = self._counters
+                seen = len(counters)
+                counters[:seen] = [counter for counter in counters[:seen] if _lent(counter)]
+                self._tidy_at = max(64, 2 * len(counters))
+            finally:
+                self._lock.release()
 
     def close(self) -> bool:
         """End the lease if no view of it exists: True, and the memory is the owner's again.
@@ -191,13 +216,18 @@ class Lease(OwnsMemory):
         False when a view still exists; then nothing changes and the owner may ask again.
         """
         with self._lock:
-            if not self._open:
+            if self._state == _CLOSED:
                 return True
-            self._tidy()
-            if self._counters:
-                return False
-            self._open = False
-            return True
+            try:
+                self._state = _CLOSING
+                self._tidy()
+                if self._counters:
+                    return False
+                self._state = _CLOSED
+                return True
+            finally:
+                if self._state == _CLOSING:
+                    self._state = _OPEN
 
     def close_when_idle(self, on_idle: Callable[[], None]) -> None:
         """Make no more views, and call ``on_idle`` once none is left (now, if none is).
@@ -209,9 +239,14 @@ class Lease(OwnsMemory):
             if self.close():
                 on_idle()
                 return
-            self._open = False
-            lent, self._counters = self._counters, []
-        _call_when_all_gone(lent, on_idle)
+            self._state = _CLOSED
+            counters = self._counters
+            lent = [counter for counter in counters[:] if _lent(counter)]
+            counters.clear()  # what is appended from now on is refused and dropped
+        if lent:
+            _call_when_all_gone(lent, on_idle)
+        else:
+            on_idle()
 
 
 def _call_when_all_gone(objects: list[memoryview], action: Callable[[], None]) -> None:
