@@ -363,10 +363,10 @@ def test_a_thousand_cycles_leave_no_trace() -> None:
         maps, size, rss = mapping_count(), address_space_bytes(), resident_bytes()
         for _ in range(1000):
             cycle()
-        # One leaked cycle would be 300+ MiB and a mapping; the interpreter's own allocator
-        # moves the count and sizes by a little either way.
-        assert mapping_count() <= maps, (mapping_count(), maps)
-        assert address_space_bytes() <= size + MiB, (address_space_bytes(), size)
+        # A leaked cycle would be 300+ MiB and a mapping each, a thousand of them; the
+        # interpreter's own allocator moves the count and sizes by an arena or two.
+        assert mapping_count() <= maps + 2, (mapping_count(), maps)
+        assert address_space_bytes() <= size + 4 * MiB, (address_space_bytes(), size)
         assert resident_bytes() <= rss + 8 * MiB, (resident_bytes(), rss)
         """,
         timeout=120,
