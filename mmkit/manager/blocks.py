@@ -1,8 +1,9 @@
 """Pool blocks handed to callers: ``Block``, the owners' quotas, and ending a block's lease.
 
-A block's ``view`` is a writable export of its own lease, made on first use. ``free`` gives
-the block back only when that lease has no export left: the block's own view is released
-first, and any other view (a slice, a numpy array) makes it refuse with ``BlockInUse``.
+Each use of a block's ``view`` is a new writable export of the block's lease (made on first
+use), so threads that each take theirs share no memoryview. ``free`` gives the block back
+only when that lease has no export left: any view still held (a slice, a numpy array) makes
+it refuse with ``BlockInUse``.
 """
 
 from __future__ import annotations
@@ -25,19 +26,10 @@ from mmkit.values.errors import (
 )
 
 
-def _released(view: memoryview) -> bool:
-    """Whether a caller released the block's view (``with block.view as v:`` does)."""
-    try:
-        view.nbytes  # noqa: B018
-    except ValueError:
-        return True
-    return False
-
-
 class Block(OwnsMemory):
     """A block of pool memory: ``address``, ``size`` (its size class), ``owner``, ``view``.
 
-    ``view`` is a writable ``memoryview`` over exactly the block's bytes.
+    ``view`` is a new writable ``memoryview`` over exactly the block's bytes, each time.
     """
 
     __slots__ = (
@@ -45,7 +37,6 @@ class Block(OwnsMemory):
         "_blocks",
         "_freed",
         "_lease",
-        "_view",
         "address",
         "owner",
         "requested",
@@ -62,7 +53,6 @@ class Block(OwnsMemory):
         self.owner = owner
         self._freed = False
         self._lease: Lease | None = None
-        self._view: memoryview | None = None
 
     @property
     def freed(self) -> bool:
@@ -70,10 +60,13 @@ class Block(OwnsMemory):
 
     @property
     def view(self) -> memoryview:
-        view = self._view
-        if view is None or _released(view):
-            return self._blocks.view_of(self)
-        return view
+        lease = self._lease
+        if lease is not None and not self._freed:
+            try:
+                return lease.view()
+            except InvalidState:
+                pass  # freed or closed meanwhile: the manager says which
+        return self._blocks.view_of(self)
 
     def __repr__(self) -> str:
         state = "freed" if self._freed else "live"
@@ -163,18 +156,15 @@ class Blocks:
         pool.free(block.address)
 
     def view_of(self, block: Block) -> memoryview:
-        """The block's view, made now: once per block, under the manager's write guard."""
+        """A view of the block, under the manager's write guard (its lease made on first use)."""
         with self._guard:
             if block._freed:
                 raise InvalidBlock(f"block at {block.address:#x} has been freed")
-            if block._view is not None and not _released(block._view):
-                return block._view
             if not self.open:
                 raise InvalidState("the manager is closed: a block gets no new view after close")
             if block._lease is None:
                 block._lease = Lease(block.address, block.size, writable=True)
-            block._view = block._lease.view()
-            return block._view
+            return block._lease.view()
 
     def _remove(self, block: Block) -> None:
         """Take a live block out if no view of it is left; ``BlockInUse`` changes nothing."""
@@ -182,13 +172,7 @@ class Blocks:
             raise InvalidBlock(f"block at {block.address:#x} belongs to another manager")
         if block._freed or self.live.get(block.address) is not block:
             raise InvalidBlock(f"block at {block.address:#x} has already been freed")
-        view, lease = block._view, block._lease
-        if view is not None:
-            try:
-                view.release()
-            except BufferError:
-                raise self._in_use(block) from None
-            block._view = None
+        lease = block._lease
         if lease is not None and not lease.close():
             raise self._in_use(block)
         block._freed = True

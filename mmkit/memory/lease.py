@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import pickle
 import weakref
+from _thread import get_ident
 from collections.abc import Callable
 
 from mmkit.memory.locks import ForkSafeLock
@@ -148,7 +149,16 @@ class Lease(OwnsMemory):
     list's own lock gives it on free-threaded ones.
     """
 
-    __slots__ = ("_counters", "_lock", "_state", "_tidy_at", "address", "size", "writable")
+    __slots__ = (
+        "_counters",
+        "_lock",
+        "_state",
+        "_tidier",
+        "_tidy_at",
+        "address",
+        "size",
+        "writable",
+    )
 
     def __init__(self, address: int, size: int, *, writable: bool = False) -> None:
         if address <= 0 or size <= 0:
@@ -158,6 +168,7 @@ class Lease(OwnsMemory):
         self.writable = writable
         self._counters: list[memoryview] = []
         self._tidy_at = 64
+        self._tidier = 0
         self._state = _OPEN
         self._lock = ForkSafeLock()
 
@@ -193,20 +204,30 @@ class Lease(OwnsMemory):
             self._tidy()
         return view
 
-    def _tidy(self) -> None:
+    def _tidy(self) -> bool:
         """Forget the counters of views that are gone, so the list follows the live ones.
 
-        One thread at a time (others skip); counters appended meanwhile stay, since only the
-        part of the list that was looked at is replaced.
+        Only the part of the list that was looked at is replaced, so counters appended
+        meanwhile stay. False, having done nothing, if another thread is at it or this one
+        is further out (a signal handler or ``__del__`` that made a view of this lease while
+        it tidied): two tidies of one list would undo each other.
         """
         with interrupts_deferred():  # a Ctrl-C between acquire and try would keep the lock
             if not self._lock.acquire(blocking=False):
-                return
+                return False
             try:
-                counters = self._counters
-                seen = len(counters)
-                counters[:seen] = [counter for counter in counters[:seen] if _lent(counter)]
-                self._tidy_at = max(64, 2 * len(counters))
+                me = get_ident()
+                if self._tidier == me:
+                    return False
+                self._tidier = me  # another thread's id here is a fork's leftover
+                try:
+                    counters = self._counters
+                    seen = len(counters)
+                    counters[:seen] = [counter for counter in counters[:seen] if _lent(counter)]
+                    self._tidy_at = max(64, 2 * len(counters))
+                finally:
+                    self._tidier = 0
+                return True
             finally:
                 self._lock.release()
 
@@ -218,10 +239,11 @@ class Lease(OwnsMemory):
         with self._lock:
             if self._state == _CLOSED:
                 return True
+            if self._state == _CLOSING:  # this thread is deciding already, further out
+                return False
             try:
                 self._state = _CLOSING
-                self._tidy()
-                if self._counters:
+                if not self._tidy() or self._counters:
                     return False
                 self._state = _CLOSED
                 return True

@@ -36,7 +36,6 @@ ALIGNMENT = 16
 RETAINED_BYTES = 8 * MiB
 QUICK_PAGES = 4
 QUICK_DEPTH = 32
-_ZEROS = memoryview(bytes(SLAB_BYTES))
 
 
 @functools.cache
@@ -109,6 +108,9 @@ class PoolAllocator:
         self._slabs = Slabs(len(self._classes))
         self._partial = self._slabs.partial
         self._memory = scratch_view(base, capacity) if capacity else memoryview(b"")
+        # Its own: threads that slice one memoryview at once lose its export counts on
+        # free-threaded CPython (gh-127716), and each pool is used under its own lock.
+        self._zeros = memoryview(bytes(SLAB_BYTES))
         self._large: dict[int, int] = {}
         self._readonly: dict[int, int] = {}
         self._readonly_pages: list[int] = []  # the first page of each, in order
@@ -341,9 +343,9 @@ class PoolAllocator:
         return self._runs.take_best(count, floor)
 
     def _zero(self, address: int, size: int) -> None:
-        if size <= len(_ZEROS):
+        if size <= SLAB_BYTES:
             offset = address - self._base
-            self._memory[offset : offset + size] = _ZEROS[:size]
+            self._memory[offset : offset + size] = self._zeros[:size]
         else:
             ctypes.memset(address, 0, size)
 
