@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import ctypes
 import pickle
+import sysconfig
 import weakref
 from _thread import get_ident
 from collections.abc import Callable
+from sys import getrefcount
 
 from mmkit.memory.locks import ForkSafeLock
 from mmkit.platform.interrupts import interrupts_deferred
@@ -35,11 +37,25 @@ from mmkit.values.errors import InvalidState, OwnsMemory
 _Word = ctypes.c_ssize_t
 
 
+class Counter(bytearray):
+    """A view's counter: an empty ``bytearray`` that lends the view its buffer.
+
+    Not a memoryview: CPython 3.10-3.12 crash when the collector clears a memoryview that
+    still has exports (its ``tp_clear`` drops the managed buffer its last release needs),
+    and once a manager is closed a counter is held only by its views, which may sit in a
+    reference cycle. A bytearray's clear leaves its exports alone, and it cannot grow while
+    one exists. The subclass only adds weak references.
+    """
+
+    __slots__ = ("__weakref__",)
+
+
 class _ViewFields(ctypes.Structure):
     """The fields of a memoryview object that pointing it changes (laid out below)."""
 
     buf: int
     len: int
+    readonly: int
     shape: int
 
 
@@ -51,7 +67,7 @@ def _view_layout() -> tuple[type[_ViewFields], int]:
     that; we find them by the values a fresh view over an empty counter must hold there,
     and return a structure that lays them over a view (from its ``buf``).
     """
-    counter = memoryview(b"")
+    counter = Counter()
     probe = memoryview(pickle.PickleBuffer(counter))
     size = memoryview.__basicsize__ + 3 * memoryview.__itemsize__
     step = ctypes.sizeof(_Word)
@@ -74,7 +90,10 @@ def _view_layout() -> tuple[type[_ViewFields], int]:
             ("buf", _Word),
             ("obj", _Word),
             ("len", _Word),
-            ("between", ctypes.c_char * (shape - buf - 3 * step)),
+            ("itemsize", _Word),
+            ("readonly", ctypes.c_int),
+            ("ndim", ctypes.c_int),
+            ("between", ctypes.c_char * (shape - buf - 4 * step - 2 * ctypes.sizeof(ctypes.c_int))),
             ("shape", _Word),
         )
 
@@ -84,7 +103,7 @@ def _view_layout() -> tuple[type[_ViewFields], int]:
 _Fields, _BUF = _view_layout()
 
 
-def _pointed(counter: memoryview, address: int, size: int) -> memoryview:
+def _pointed(counter: Counter, address: int, size: int, *, writable: bool) -> memoryview:
     """A new view, lent by ``counter``, whose bytes are ``size`` bytes at ``address``."""
     maker = pickle.PickleBuffer(counter)
     view = memoryview(maker)
@@ -93,13 +112,41 @@ def _pointed(counter: memoryview, address: int, size: int) -> memoryview:
     fields.buf = address
     fields.len = size
     fields.shape = size
+    if not writable:
+        fields.readonly = 1
     return view
 
 
-def _lent(counter: memoryview) -> bool:
-    """Whether ``counter``'s view still exists; if not, the counter is released for good."""
+_COUNTS_HOLDERS = not sysconfig.get_config_var("Py_GIL_DISABLED")
+"""Whether reference counts say exactly who holds a counter. numpy's ``ndarray(buffer=view)``
+lets the view go and keeps only ``view.obj``: no export, just a reference. Under a GIL the
+count is exact; free-threaded CPython's per-thread counts can read high from another thread
+until the owner merges them, which would pin memory for as long (a known limit there)."""
+
+
+def _holders(counter: Counter) -> int:
+    return getrefcount(counter)
+
+
+def _alone() -> int:
+    """A counter's count in ``_lent`` when only a lease's list holds it (in a tidy's loop)."""
+    held = [Counter()]
+    return [_holders(counter) for counter in held[:]][0]  # noqa: RUF015  (a tidy's very shape)
+
+
+_ALONE = _alone()
+
+
+def _lent(counter: Counter) -> bool:
+    """Whether ``counter``'s view, or anything else that holds it, still exists.
+
+    Called as a tidy calls it: ``[c for c in counters[:n] if _lent(c)]``. A counter that is
+    free grows by a byte here, which no view can see: it is forgotten.
+    """
+    if _COUNTS_HOLDERS and getrefcount(counter) > _ALONE:
+        return True
     try:
-        counter.release()
+        counter.append(0)  # refused while a view holds its buffer
     except BufferError:
         return True
     return False
@@ -109,18 +156,29 @@ def _check_layout() -> None:
     """A view pointed at known bytes must read them, and count on its counter, exactly."""
     known = b"mmkit: a pointed view"
     buffer = ctypes.create_string_buffer(known, len(known))
-    counter = memoryview(b"")
-    view = _pointed(counter, ctypes.addressof(buffer), len(known))
+    counter = Counter()
+    view = _pointed(counter, ctypes.addressof(buffer), len(known), writable=False)
     read = (view.nbytes, view.shape, view.readonly, view.obj is counter, bytes(view))
     part = bytes(view[6:12])
+    try:
+        view[0] = 0
+        refused = False
+    except TypeError:
+        refused = True
     lent = _lent(counter)
     view.release()
     given_back = not _lent(counter)
-    writer = _pointed(memoryview(bytearray()), ctypes.addressof(buffer), len(known))
+    writer = _pointed(Counter(), ctypes.addressof(buffer), len(known), writable=True)
     writer[:5] = b"MMKIT"
     writer.release()
+    spare = [Counter()]
+    extra = spare[0]
+    held = [counter for counter in spare[:] if _lent(counter)] == spare or not _COUNTS_HOLDERS
+    del extra
+    alone = [counter for counter in spare[:] if _lent(counter)] == []
     if (
-        read != (len(known), (len(known),), True, True, known)
+        not (held and alone and refused)
+        or read != (len(known), (len(known),), True, True, known)
         or part != known[6:12]
         or not (lent and given_back)
         or buffer.raw[:6] != b"MMKIT:"
@@ -166,7 +224,7 @@ class Lease(OwnsMemory):
         self.address = address
         self.size = size
         self.writable = writable
-        self._counters: list[memoryview] = []
+        self._counters: list[Counter] = []
         self._tidy_at = 64
         self._tidier = 0
         self._state = _OPEN
@@ -192,8 +250,8 @@ class Lease(OwnsMemory):
             raise ValueError(f"{start}+{size} is not inside a span of {self.size} bytes")
         # Until it is returned the view is ours alone: one dropped on any path (a closed
         # lease, a KeyboardInterrupt) just leaves an idle counter behind.
-        counter = memoryview(bytearray()) if self.writable else memoryview(b"")
-        view = _pointed(counter, self.address + start, size)
+        counter = Counter()
+        view = _pointed(counter, self.address + start, size, writable=self.writable)
         counters = self._counters
         counters.append(counter)
         if self._state:  # a close is being decided, or was: wait for its answer
@@ -271,7 +329,7 @@ class Lease(OwnsMemory):
             on_idle()
 
 
-def _call_when_all_gone(objects: list[memoryview], action: Callable[[], None]) -> None:
+def _call_when_all_gone(objects: list[Counter], action: Callable[[], None]) -> None:
     """Call ``action`` once, when the last of ``objects`` is freed (at exit, never)."""
     left = [len(objects)]
     lock = ForkSafeLock()
