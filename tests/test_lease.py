@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from mmkit import InvalidState, NotCopyable
-from mmkit.memory.lease import Lease
+from mmkit.memory.lease import Lease, claim_idle
 from tests.conftest import run_python
 
 SIZE = 4096
@@ -97,7 +97,9 @@ def test_an_exception_unwinding_past_the_last_view_is_kept(
     assert lease.close()
 
 
-def test_close_when_idle_fires_with_the_last_view(memory: ctypes.Array[ctypes.c_char]) -> None:
+def test_close_when_idle_fires_once_the_last_view_is_gone(
+    memory: ctypes.Array[ctypes.c_char],
+) -> None:
     lease = lease_over(memory)
     fired: list[int] = []
     view = lease.view()
@@ -107,27 +109,28 @@ def test_close_when_idle_fires_with_the_last_view(memory: ctypes.Array[ctypes.c_
     assert not lease.open and fired == []
     with pytest.raises(InvalidState):
         lease.view()
+    claim_idle()
+    assert fired == []  # the slice still reads it
     del part
+    claim_idle()  # what a collection or the next close_when_idle does
     assert fired == [1]
     idle = lease_over(memory)
     idle.close_when_idle(lambda: fired.append(2))
     assert fired == [1, 2]
 
 
-def test_view_obj_is_an_empty_counter_that_cannot_grow_under_its_view(
-    memory: ctypes.Array[ctypes.c_char],
-) -> None:
+def test_view_obj_is_an_empty_read_only_view(memory: ctypes.Array[ctypes.c_char]) -> None:
     lease = lease_over(memory)
     view = lease.view()
     token = view.obj
-    assert isinstance(token, bytearray) and len(token) == 0
+    assert isinstance(token, memoryview) and token.readonly and token.nbytes == 0
     assert memoryview(token).nbytes == 0  # nothing of the span is reachable through it
     with pytest.raises(TypeError):
         view[0] = 1
     with pytest.raises(TypeError):
         (ctypes.c_char * SIZE).from_buffer(view)
     with pytest.raises(BufferError):
-        token.extend(b"grow")  # the view holds it
+        token.release()  # the view counts on it: it cannot be released under the view
     assert bytes(view[:3]) == b"\x00\x01\x02"
     view.release()
     if GIL_BUILD:
@@ -138,6 +141,52 @@ def test_view_obj_is_an_empty_counter_that_cannot_grow_under_its_view(
     assert not lease.close()
     again.release()
     assert lease.close()
+
+
+@pytest.mark.parametrize("how", ["del", "resurrect", "generator"])
+def test_a_finalizer_in_a_cycle_reads_its_view_after_close(how: str) -> None:
+    """The collector calls weak-reference callbacks before ``__del__``: memory was given
+    back from one while a finalizer could still read the view (SIGSEGV)."""
+    result = run_python(
+        f"""
+        import gc
+        from mmkit import LayerId, MmapManager
+        from tests.conftest import small_config
+        gc.disable()
+        mgr = MmapManager(small_config())
+        mgr.load_dimension(1, bytes(range(256)) * 64)
+        view = mgr.access_layer(LayerId(1, 0))
+        saved = []
+        class Holder:
+            def __del__(self):
+                assert bytes(self.view[:3]) == bytes([0, 1, 2])
+                if "{how}" == "resurrect":
+                    saved.append(self.view)
+        def reader(view):
+            try:
+                yield
+            finally:
+                assert bytes(view[:3]) == bytes([0, 1, 2])
+        if "{how}" == "generator":
+            generator = reader(view)
+            next(generator)
+            cycle = [generator]
+            cycle.append(cycle)
+            del generator
+        else:
+            holder = Holder()
+            holder.view, holder.me = view, holder
+            del holder
+        del view
+        mgr.close()
+        gc.collect()
+        for kept in saved:
+            assert bytes(kept[:3]) == bytes([0, 1, 2])
+        print("ok")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
 
 
 def test_views_in_a_cycle_after_close_are_collected_safely() -> None:
@@ -216,14 +265,14 @@ def test_a_view_made_while_the_lease_tidies_is_kept(
     """
     import mmkit.memory.lease as module
 
-    real = module._lent
+    real = module._exported
     for step in range(0, 63, 9):
         lease = lease_over(memory)
         nested: list[memoryview] = []
         looked = [0]
 
-        def lent(counter: memoryview, lease: Lease = lease, nested: list[memoryview] = nested,
-                 looked: list[int] = looked, step: int = step) -> bool:  # fmt: skip
+        def exported(counter: memoryview, lease: Lease = lease, nested: list[memoryview] = nested,
+                     looked: list[int] = looked, step: int = step) -> bool:  # fmt: skip
             if looked[0] == step:
                 nested.append(lease.view())
             looked[0] += 1
@@ -231,9 +280,9 @@ def test_a_view_made_while_the_lease_tidies_is_kept(
 
         for _ in range(63):
             lease.view().release()
-        monkeypatch.setattr(module, "_lent", lent)
+        monkeypatch.setattr(module, "_exported", exported)
         lease.view().release()  # the 64th view tidies
-        monkeypatch.setattr(module, "_lent", real)
+        monkeypatch.setattr(module, "_exported", real)
         assert nested, f"step {step}: the trap did not fire"
         assert not lease.close(), f"step {step}: closed under a view made inside the tidy"
         nested.pop().release()
@@ -279,7 +328,7 @@ def test_a_storm_of_ctrl_c_while_views_are_made_and_dropped() -> None:
     result = run_python(
         """
         import ctypes, os, signal, threading, time
-        from mmkit.memory.lease import Lease
+        from mmkit.memory.lease import Lease, claim_idle
         armed = [False]
         def interrupt(signum, frame):
             if armed[0]:  # only inside the calls under test, not in this script's own code

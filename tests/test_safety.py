@@ -45,10 +45,10 @@ def test_nothing_reachable_from_a_view_is_writable(updated: bool) -> None:
             mgr.update_layer(LayerId(1, 0), bytes(range(256)) * (PAGE_SIZE // 256))
         view = mgr.access_layer(LayerId(1, 0))
         before = bytes(view)
-        owner = view.obj  # the view's counter: an empty bytearray that shows nothing
-        assert isinstance(owner, bytearray) and len(owner) == 0, owner
+        owner = view.obj  # an empty read-only memoryview: it counts the views, shows nothing
+        assert isinstance(owner, memoryview) and owner.readonly and owner.nbytes == 0, owner
         attempts = [
-            lambda: owner.extend(b"grow"),  # refused while the view holds it
+            owner.release,  # refused while views count on it: it is no handle on the memory
             lambda: owner.__setitem__(0, 1),
             lambda: memoryview(owner).cast("B").__setitem__(0, 1),
             lambda: view.__setitem__(0, 1),

@@ -14,18 +14,25 @@ however and wherever that happens (in a thread, in the collector, while an excep
 unwinds), is CPython's own ``releasebuffer`` of the counter: no Python code runs. A counter is
 lent exactly once and given back exactly once, so no two threads ever change one count:
 this holds where memoryview's counts are not atomic (free-threaded 3.13, CPython
-gh-127716). ``close()`` releases every counter, which CPython refuses for one still lent.
+gh-127716). ``close()`` releases every counter, which CPython refuses for one still lent;
+under a GIL, a counter that anything besides its lease still refers to counts as lent too
+(numpy's ``ndarray(buffer=view)`` keeps only ``view.obj``).
 
-So ``view.obj`` is the view's counter: an empty memoryview. Nothing reachable from a view
-offers more than the view itself does, and views made from the counter see zero bytes.
+So ``view.obj`` is the view's counter: an empty memoryview, read-only unless the lease is
+writable. Nothing reachable from a view offers more than the view itself does.
+
+Counters are always held strongly, by their lease or, once it is closed, by ``_UNCLAIMED``:
+CPython 3.10-3.12 crash when the collector clears a memoryview that still has exports, and
+the collector calls weak-reference callbacks before the finalizers that may still read a
+view, so memory is never given back from one.
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import pickle
 import sysconfig
-import weakref
 from _thread import get_ident
 from collections.abc import Callable
 from sys import getrefcount
@@ -37,25 +44,11 @@ from mmkit.values.errors import InvalidState, OwnsMemory
 _Word = ctypes.c_ssize_t
 
 
-class Counter(bytearray):
-    """A view's counter: an empty ``bytearray`` that lends the view its buffer.
-
-    Not a memoryview: CPython 3.10-3.12 crash when the collector clears a memoryview that
-    still has exports (its ``tp_clear`` drops the managed buffer its last release needs),
-    and once a manager is closed a counter is held only by its views, which may sit in a
-    reference cycle. A bytearray's clear leaves its exports alone, and it cannot grow while
-    one exists. The subclass only adds weak references.
-    """
-
-    __slots__ = ("__weakref__",)
-
-
 class _ViewFields(ctypes.Structure):
     """The fields of a memoryview object that pointing it changes (laid out below)."""
 
     buf: int
     len: int
-    readonly: int
     shape: int
 
 
@@ -67,7 +60,7 @@ def _view_layout() -> tuple[type[_ViewFields], int]:
     that; we find them by the values a fresh view over an empty counter must hold there,
     and return a structure that lays them over a view (from its ``buf``).
     """
-    counter = Counter()
+    counter = memoryview(b"")
     probe = memoryview(pickle.PickleBuffer(counter))
     size = memoryview.__basicsize__ + 3 * memoryview.__itemsize__
     step = ctypes.sizeof(_Word)
@@ -90,10 +83,7 @@ def _view_layout() -> tuple[type[_ViewFields], int]:
             ("buf", _Word),
             ("obj", _Word),
             ("len", _Word),
-            ("itemsize", _Word),
-            ("readonly", ctypes.c_int),
-            ("ndim", ctypes.c_int),
-            ("between", ctypes.c_char * (shape - buf - 4 * step - 2 * ctypes.sizeof(ctypes.c_int))),
+            ("between", ctypes.c_char * (shape - buf - 3 * step)),
             ("shape", _Word),
         )
 
@@ -103,7 +93,7 @@ def _view_layout() -> tuple[type[_ViewFields], int]:
 _Fields, _BUF = _view_layout()
 
 
-def _pointed(counter: Counter, address: int, size: int, *, writable: bool) -> memoryview:
+def _pointed(counter: memoryview, address: int, size: int) -> memoryview:
     """A new view, lent by ``counter``, whose bytes are ``size`` bytes at ``address``."""
     maker = pickle.PickleBuffer(counter)
     view = memoryview(maker)
@@ -112,8 +102,6 @@ def _pointed(counter: Counter, address: int, size: int, *, writable: bool) -> me
     fields.buf = address
     fields.len = size
     fields.shape = size
-    if not writable:
-        fields.readonly = 1
     return view
 
 
@@ -123,30 +111,32 @@ lets the view go and keeps only ``view.obj``: no export, just a reference. Under
 count is exact; free-threaded CPython's per-thread counts can read high from another thread
 until the owner merges them, which would pin memory for as long (a known limit there)."""
 
-
-def _holders(counter: Counter) -> int:
-    return getrefcount(counter)
-
-
-def _alone() -> int:
-    """A counter's count in ``_lent`` when only a lease's list holds it (in a tidy's loop)."""
-    held = [Counter()]
-    return [_holders(counter) for counter in held[:]][0]  # noqa: RUF015  (a tidy's very shape)
+_SENTINEL = memoryview(b"")
+_SENTINELS = [_SENTINEL]
+"""Never lent, held twice here as a counter is by its lease's list and the copy passed to
+``_lent``: the baseline."""
 
 
-_ALONE = _alone()
+def _lent(counters: list[memoryview]) -> list[memoryview]:
+    """The counters whose view, or anything else that holds them, still exists.
 
-
-def _lent(counter: Counter) -> bool:
-    """Whether ``counter``'s view, or anything else that holds it, still exists.
-
-    Called as a tidy calls it: ``[c for c in counters[:n] if _lent(c)]``. A counter that is
-    free grows by a byte here, which no view can see: it is forgotten.
+    ``counters`` is a copy of the list that holds them. The others are released for good.
+    Reference counts are compared with the sentinel's, read in the same loop, so nothing
+    that holds every object it looks at (a tracer) skews them.
     """
-    if _COUNTS_HOLDERS and getrefcount(counter) > _ALONE:
-        return True
+    counts = [getrefcount(counter) for counter in [*counters, _SENTINEL]]
+    alone = counts.pop()
+    return [
+        counter
+        for counter, count in zip(counters, counts, strict=True)
+        if (_COUNTS_HOLDERS and count > alone) or _exported(counter)
+    ]
+
+
+def _exported(counter: memoryview) -> bool:
+    """Whether ``counter`` still lends its buffer; if not, it is released for good."""
     try:
-        counter.append(0)  # refused while a view holds its buffer
+        counter.release()
     except BufferError:
         return True
     return False
@@ -156,31 +146,27 @@ def _check_layout() -> None:
     """A view pointed at known bytes must read them, and count on its counter, exactly."""
     known = b"mmkit: a pointed view"
     buffer = ctypes.create_string_buffer(known, len(known))
-    counter = Counter()
-    view = _pointed(counter, ctypes.addressof(buffer), len(known), writable=False)
+    counter = memoryview(b"")
+    view = _pointed(counter, ctypes.addressof(buffer), len(known))
     read = (view.nbytes, view.shape, view.readonly, view.obj is counter, bytes(view))
     part = bytes(view[6:12])
-    try:
-        view[0] = 0
-        refused = False
-    except TypeError:
-        refused = True
-    lent = _lent(counter)
+    holder = [counter]
+    del counter
+    lent = _lent(holder[:]) == holder
     view.release()
-    given_back = not _lent(counter)
-    writer = _pointed(Counter(), ctypes.addressof(buffer), len(known), writable=True)
+    given_back = _lent(holder[:]) == []
+    spare = [memoryview(b"")]
+    extra = spare[0]
+    held = _lent(spare[:]) == spare or not _COUNTS_HOLDERS
+    del extra
+    alone = _lent(spare[:]) == []
+    writer = _pointed(memoryview(bytearray()), ctypes.addressof(buffer), len(known))
     writer[:5] = b"MMKIT"
     writer.release()
-    spare = [Counter()]
-    extra = spare[0]
-    held = [counter for counter in spare[:] if _lent(counter)] == spare or not _COUNTS_HOLDERS
-    del extra
-    alone = [counter for counter in spare[:] if _lent(counter)] == []
     if (
-        not (held and alone and refused)
-        or read != (len(known), (len(known),), True, True, known)
+        read != (len(known), (len(known),), True, True, known)
         or part != known[6:12]
-        or not (lent and given_back)
+        or not (lent and given_back and held and alone)
         or buffer.raw[:6] != b"MMKIT:"
     ):
         raise ImportError("mmkit cannot make views of its own memory on this interpreter")
@@ -224,7 +210,7 @@ class Lease(OwnsMemory):
         self.address = address
         self.size = size
         self.writable = writable
-        self._counters: list[Counter] = []
+        self._counters: list[memoryview] = []
         self._tidy_at = 64
         self._tidier = 0
         self._state = _OPEN
@@ -250,8 +236,8 @@ class Lease(OwnsMemory):
             raise ValueError(f"{start}+{size} is not inside a span of {self.size} bytes")
         # Until it is returned the view is ours alone: one dropped on any path (a closed
         # lease, a KeyboardInterrupt) just leaves an idle counter behind.
-        counter = Counter()
-        view = _pointed(counter, self.address + start, size, writable=self.writable)
+        counter = memoryview(bytearray()) if self.writable else memoryview(b"")
+        view = _pointed(counter, self.address + start, size)
         counters = self._counters
         counters.append(counter)
         if self._state:  # a close is being decided, or was: wait for its answer
@@ -281,7 +267,7 @@ class Lease(OwnsMemory):
                 try:
                     counters = self._counters
                     seen = len(counters)
-                    counters[:seen] = [counter for counter in counters[:seen] if _lent(counter)]
+                    counters[:seen] = _lent(counters[:seen])
                     self._tidy_at = max(64, 2 * len(counters))
                 finally:
                     self._tidier = 0
@@ -312,34 +298,53 @@ class Lease(OwnsMemory):
     def close_when_idle(self, on_idle: Callable[[], None]) -> None:
         """Make no more views, and call ``on_idle`` once none is left (now, if none is).
 
-        For memory whose owner is gone (a closed manager): CPython frees each counter when
-        its view goes, and the last one freed calls ``on_idle``.
+        For memory whose owner is gone (a closed manager). The counters still lent stay held
+        here, never left to the collector (which calls weak-reference callbacks before the
+        finalizers that may still read a view, or bring it back); they are looked at again
+        after every collection and every later ``close_when_idle``.
         """
         with self._lock:
             if self.close():
                 on_idle()
                 return
             self._state = _CLOSED
-            counters = self._counters
-            lent = [counter for counter in counters[:] if _lent(counter)]
-            counters.clear()  # what is appended from now on is refused and dropped
-        if lent:
-            _call_when_all_gone(lent, on_idle)
-        else:
-            on_idle()
+            lent = _lent(self._counters[:])
+            self._counters.clear()
+        with _UNCLAIMED_LOCK:
+            _UNCLAIMED.append((lent, on_idle))
+        claim_idle()
 
 
-def _call_when_all_gone(objects: list[Counter], action: Callable[[], None]) -> None:
-    """Call ``action`` once, when the last of ``objects`` is freed (at exit, never)."""
-    left = [len(objects)]
-    lock = ForkSafeLock()
+_UNCLAIMED: list[tuple[list[memoryview], Callable[[], None]]] = []
+"""Memory of closed owners that views still held, with what gives it back."""
+_UNCLAIMED_LOCK = ForkSafeLock()
 
-    def one_gone() -> None:
-        with lock:
-            left[0] -= 1
-            last = left[0] == 0
-        if last:
-            action()
 
-    for thing in objects:
-        weakref.finalize(thing, one_gone).atexit = False  # at exit the OS takes it all back
+def claim_idle() -> None:
+    """Give back the memory of closed owners whose views are all gone.
+
+    Skipped if another thread is at it; an interrupted pass leaves the rest for the next.
+    """
+    with interrupts_deferred():
+        if not _UNCLAIMED_LOCK.acquire(blocking=False):
+            return
+        try:
+            idle = []
+            for entry in list(_UNCLAIMED):
+                counters, on_idle = entry
+                counters[:] = _lent(counters[:])
+                if not counters:
+                    _UNCLAIMED.remove(entry)
+                    idle.append(on_idle)
+        finally:
+            _UNCLAIMED_LOCK.release()
+    for on_idle in idle:
+        on_idle()
+
+
+def _after_collection(phase: str, info: dict[str, int]) -> None:
+    if phase == "stop" and _UNCLAIMED:
+        claim_idle()
+
+
+gc.callbacks.append(_after_collection)
