@@ -323,23 +323,21 @@ _UNCLAIMED_LOCK = ForkSafeLock()
 def claim_idle() -> None:
     """Give back the memory of closed owners whose views are all gone.
 
-    Skipped if another thread is at it; an interrupted pass leaves the rest for the next.
+    Skipped if another thread is at it; with Ctrl-C held, so an entry is taken off the list
+    only together with its giving back, and whatever is left waits for the next pass.
     """
     with interrupts_deferred():
         if not _UNCLAIMED_LOCK.acquire(blocking=False):
             return
         try:
-            idle = []
             for entry in list(_UNCLAIMED):
                 counters, on_idle = entry
                 counters[:] = _lent(counters[:])
                 if not counters:
                     _UNCLAIMED.remove(entry)
-                    idle.append(on_idle)
+                    on_idle()
         finally:
             _UNCLAIMED_LOCK.release()
-    for on_idle in idle:
-        on_idle()
 
 
 def _after_collection(phase: str, info: dict[str, int]) -> None:
