@@ -131,3 +131,11 @@ def test_bench_with_a_bad_json_path_fails_at_once(tmp_path: Path) -> None:
         result.stderr
     )
     assert "measuring" not in result.stderr
+
+
+def test_bench_refuses_a_missing_beside_interpreter_at_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert bench_main(["threads", "--beside", "/no/such/python3.13t"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmkit bench: error: --beside") and "no such interpreter" in err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -105,6 +106,15 @@ def main(argv: list[str] | None = None) -> int:
         if problem is not None:
             print(f"mmkit bench: error: --json {printable(args.json)}: {problem}", file=sys.stderr)
             return 2
+    if args.beside is not None:
+        found = shutil.which(args.beside)
+        if found is None:
+            print(
+                f"mmkit bench: error: --beside {printable(args.beside)}: no such interpreter",
+                file=sys.stderr,
+            )
+            return 2
+        args.beside = found
     repeat = args.repeat if args.repeat is not None else (3 if args.quick else 15)
     settings = Settings(repeat=repeat, quick=args.quick)
     chosen = _cases(args.plot, args.beside)

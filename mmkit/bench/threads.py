@@ -14,7 +14,6 @@ import os
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -28,6 +27,7 @@ from mmkit.bench.cases import Access, scan_layers, slicer
 from mmkit.bench.data import Dataset
 from mmkit.bench.harness import Outcome, Settings, elapsed, interleave, table
 from mmkit.manager import MmapManager
+from mmkit.platform import FREE_THREADED
 from mmkit.values.config import MemoryConfig
 from mmkit.values.ids import LayerId
 from mmkit.values.units import MiB
@@ -39,7 +39,7 @@ BESIDE_SECONDS = 1800
 
 def build() -> str:
     """Which CPython this is, as far as threads go."""
-    if not sysconfig.get_config_var("Py_GIL_DISABLED"):
+    if not FREE_THREADED:
         return f"{sys.version.split()[0]} GIL"
     enabled = getattr(sys, "_is_gil_enabled", lambda: True)()
     return f"{sys.version.split()[0]}t GIL {'on' if enabled else 'off'}"
@@ -146,9 +146,17 @@ def _beside(python: str, settings: Settings) -> dict[str, Any]:
         command = [python, "-m", "mmkit", "bench", "threads", "--json", str(report)]
         command += ["--repeat", str(settings.repeat)] + (["--quick"] if settings.quick else [])
         env = dict(os.environ, PYTHONPATH=str(root))
-        done = subprocess.run(
-            command, env=env, capture_output=True, text=True, timeout=BESIDE_SECONDS, check=False
-        )
+        try:
+            done = subprocess.run(
+                command,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=BESIDE_SECONDS,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise RuntimeError(f"{python} could not run the threads case: {exc}") from None
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
             raise RuntimeError(f"{python} could not run the threads case: {tail[0]}")

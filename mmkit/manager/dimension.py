@@ -11,7 +11,6 @@ finding every lease without exports is the exact test that no reader can reach t
 from __future__ import annotations
 
 import functools
-import sysconfig
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +18,12 @@ from typing import Literal
 
 from mmkit.memory.lease import Lease
 from mmkit.memory.region import Region
+from mmkit.platform import FREE_THREADED
 from mmkit.values.config import DimensionSpec
 
 ZERO: Literal["zero"] = "zero"
 
-SHARED_VIEWS = not sysconfig.get_config_var("Py_GIL_DISABLED")
+SHARED_VIEWS = not FREE_THREADED
 """Whether readers may all slice one published view. Under a GIL, CPython's memoryview export
 counts change one thread at a time. Free-threaded CPython changes them without atomics
 (gh-127716): threads that slice and drop views of one memoryview at once lose counts, and a

@@ -32,12 +32,12 @@ from __future__ import annotations
 import ctypes
 import gc
 import pickle
-import sysconfig
 from _thread import get_ident
 from collections.abc import Callable
 from sys import getrefcount
 
 from mmkit.memory.locks import ForkSafeLock
+from mmkit.platform import FREE_THREADED
 from mmkit.platform.interrupts import interrupts_deferred
 from mmkit.values.errors import InvalidState, OwnsMemory
 
@@ -105,7 +105,7 @@ def _pointed(counter: memoryview, address: int, size: int) -> memoryview:
     return view
 
 
-_COUNTS_HOLDERS = not sysconfig.get_config_var("Py_GIL_DISABLED")
+_COUNTS_HOLDERS = not FREE_THREADED
 """Whether reference counts say exactly who holds a counter. numpy's ``ndarray(buffer=view)``
 lets the view go and keeps only ``view.obj``: no export, just a reference. Under a GIL the
 count is exact; free-threaded CPython's per-thread counts can read high from another thread

@@ -12,6 +12,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 from mmkit.platform.base import (
@@ -26,6 +27,7 @@ from mmkit.platform.base import (
 
 __all__ = [
     "BACKEND",
+    "FREE_THREADED",
     "GRANULARITY",
     "PAGE_SIZE",
     "Advice",
@@ -63,6 +65,10 @@ def _make_backend() -> VirtualMemory:
 
 BACKEND: VirtualMemory = _make_backend()
 PAGE_SIZE: int = BACKEND.page_size
+
+FREE_THREADED: bool = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+"""Whether this CPython is built without the GIL (PEP 703): threads then run at once, and
+CPython's memoryview export counts are not atomic (gh-127716)."""
 GRANULARITY: int = BACKEND.granularity
 
 
