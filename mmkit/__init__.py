@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from mmkit.manager import DimensionStats, MmapManager, Stats
 from mmkit.manager.blocks import Block
+from mmkit.manager.reader import ReaderStats, SharedReader, attach
 from mmkit.memory.region import Region
 from mmkit.memory.views import address_of
 from mmkit.storage import generate_dataset
 from mmkit.values.config import DEFAULT_DIMENSIONS, DimensionSpec, MemoryConfig
 from mmkit.values.errors import (
     AlreadyLoaded,
+    AttachError,
     BlockInUse,
     ConfigError,
     DataFileError,
@@ -35,6 +37,7 @@ from mmkit.values.errors import (
     UnknownDimension,
 )
 from mmkit.values.ids import DimensionId, LayerId
+from mmkit.values.share import ShareHandle
 from mmkit.values.state import ManagerState
 from mmkit.values.units import GiB, KiB, MiB
 from mmkit.values.version import VERSION
@@ -44,6 +47,7 @@ __version__ = VERSION
 __all__ = [
     "DEFAULT_DIMENSIONS",
     "AlreadyLoaded",
+    "AttachError",
     "Block",
     "BlockInUse",
     "ConfigError",
@@ -71,10 +75,14 @@ __all__ = [
     "NotLoaded",
     "OutOfMappings",
     "OutOfMemory",
+    "ReaderStats",
     "Region",
+    "ShareHandle",
+    "SharedReader",
     "Stats",
     "SystemCallFailed",
     "UnknownDimension",
     "address_of",
+    "attach",
     "generate_dataset",
 ]

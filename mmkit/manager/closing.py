@@ -27,6 +27,8 @@ def shutdown(
     Each lease a view still holds keeps the reservation until its last view is gone; then
     the address space goes back to the OS, exactly when nothing can reach it any more.
     """
+    if spans.arena is not None:
+        spans.arena.finish()  # readers keep what is published; nothing is given back under them
     pool, spans.pool = spans.pool, None
     regions = [(d.region.address, d.region.size) for d in published.loaded.values()]
     leases = published.withdraw_all(ManagerState.CLOSED) + blocks.close() + spans.leases()

@@ -27,12 +27,14 @@ from mmkit.manager.reclaim import Spans
 from mmkit.manager.residency import Residency
 from mmkit.manager.sources import Fill, exact_bytes, resolve
 from mmkit.manager.stats import Stats, measure
+from mmkit.memory.arena import ArenaLayout
 from mmkit.memory.lease import Lease
 from mmkit.memory.locks import ForkSafeLock, WriteGuard
 from mmkit.memory.pool import PoolAllocator
 from mmkit.memory.region import Layout, Region, Reservation, plan_layout
+from mmkit.memory.shared import SharedArena
 from mmkit.memory.views import scratch_view
-from mmkit.platform import BACKEND, PlatformError, Protection, VirtualMemory
+from mmkit.platform import BACKEND, SHARING, PlatformError, Protection, VirtualMemory
 from mmkit.values.config import DimensionSpec, MemoryConfig
 from mmkit.values.errors import (
     AlreadyLoaded,
@@ -45,6 +47,7 @@ from mmkit.values.errors import (
     from_os_error,
 )
 from mmkit.values.ids import DimensionId, LayerId
+from mmkit.values.share import ShareHandle
 from mmkit.values.state import ManagerState
 from mmkit.values.units import format_size
 
@@ -66,15 +69,26 @@ class MmapManager(OwnsMemory):
         if backend is not None and not isinstance(backend, VirtualMemory):
             raise ConfigError(f"backend must be a VirtualMemory, not {type(backend).__name__}")
         self._config = config
-        self._vm = BACKEND if backend is None else backend
-        alignment = max(self._vm.granularity, self._vm.huge_page_size)
-        self._layout: Layout = plan_layout(config, self._vm.page_size, alignment)
+        vm = BACKEND if backend is None else backend
+        alignment = max(vm.granularity, vm.huge_page_size)
+        self._layout: Layout = plan_layout(config, vm.page_size, alignment)
+        arena = None
+        if config.shared:
+            if SHARING is None:
+                raise ConfigError(
+                    f"shared=True: mmkit does not share memory between processes on "
+                    f"{vm.name} yet"
+                )
+            arena = SharedArena(vm, SHARING, self._layout, ArenaLayout.plan(config, vm.page_size))
+            vm = arena
+        self._vm = vm
         self._guard = WriteGuard()
         self._save_lock = ForkSafeLock()
         self._reservation: Reservation | None = None
         self._regions: dict[DimensionId, Region] = {}
         self._published = Publication()
-        self._spans = Spans(self._vm)
+        self._published.arena = arena
+        self._spans = Spans(self._vm, arena)
         self._residency = Residency(config, self._published, self._spans)
         self._last_use = self._residency.last_use
         self._ticks = self._residency.ticks
@@ -343,10 +357,13 @@ class MmapManager(OwnsMemory):
             source.release()
 
     def _publish_copy(self, spec: DimensionSpec, index: int, source: memoryview) -> None:
-        pool = self._pool
+        pool = self._spans.arena or self._pool  # a shared manager's copies go to spare layers
         assert pool is not None
         size = source.nbytes
-        address, block = pool.allocate_readonly(size)
+        try:
+            address, block = pool.allocate_readonly(size)
+        except PlatformError as exc:
+            raise from_os_error(exc, f"making room for {LayerId(spec.id, index)}") from None
         try:
             scratch = scratch_view(address, size)
             scratch[:] = source
@@ -378,6 +395,25 @@ class MmapManager(OwnsMemory):
                 f"{spec.id} ({spec.name}) has {count} layers; there is no layer {layer.index}"
             )
         return spec, layer.index
+
+    # -- sharing ------------------------------------------------------------------------
+
+    def share(self) -> ShareHandle:
+        """A handle other processes of this user attach to (``mmkit.attach``), read-only.
+
+        Picklable and reusable; ``str(handle)`` is a token for an environment variable or a
+        command line. Needs ``MemoryConfig(shared=True)``.
+        """
+        self._require_open("share")
+        arena = self._spans.arena
+        if arena is None:
+            raise InvalidState("share: this manager was made without MemoryConfig(shared=True)")
+        if arena.forked:
+            raise InvalidState(
+                f"share: this is a forked copy of the manager of process {arena.owner}; "
+                "attach to that process's handle instead"
+            )
+        return arena.handle_for()
 
     # -- the pool -----------------------------------------------------------------------
 

@@ -7,7 +7,9 @@ writer takes out of the table it first replaces there, then releases the view it
 published for it: a reader still holding the old table gets ``ValueError`` from that view
 (or ``InvalidState`` from a closed lease) and retries under the lock. From then on the
 leases say exactly whether some reader still holds a view; retired layer copies wait in
-``retired`` until theirs say none does.
+``retired`` until theirs say none does. A shared manager also gives every table to readers in
+other processes, and a retired copy waits until none of them pins it either
+(``mmkit.memory.shared``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from types import MappingProxyType
 
 from mmkit.manager.dimension import LoadedDimension, Span
 from mmkit.memory.lease import Lease
+from mmkit.memory.shared import SharedArena
 from mmkit.values.ids import DimensionId
 from mmkit.values.state import ManagerState
 
@@ -41,11 +44,12 @@ class Publication:
     Not thread-safe by itself: writers call it under the manager's lock.
     """
 
-    __slots__ = ("loaded", "retired", "table")
+    __slots__ = ("arena", "loaded", "retired", "table")
 
     def __init__(self) -> None:
         self.loaded: dict[DimensionId, LoadedDimension] = {}
         self.retired: list[Lease] = []
+        self.arena: SharedArena | None = None
         state = ManagerState.UNINITIALIZED
         self.table = Table(state, MappingProxyType({}), MappingProxyType({}), False, False)
 
@@ -65,6 +69,8 @@ class Publication:
             state in _OPEN_STATES,
             state is ManagerState.ACTIVE,
         )
+        if self.arena is not None:
+            self.arena.publish(spans)
 
     def add(self, loaded: LoadedDimension) -> None:
         self.loaded[loaded.spec.id] = loaded
@@ -99,10 +105,15 @@ class Publication:
             self.retired.append(old)
 
     def reclaimable(self) -> list[Lease]:
-        """Retired copies that no reader holds any more, now closed: theirs to give back."""
+        """Retired copies that no reader holds any more (in any process), now closed."""
         if not self.retired:
             return []
-        closed = [lease for lease in self.retired if lease.close()]
+        arena = self.arena
+        closed = [
+            lease
+            for lease in self.retired
+            if (arena is None or not arena.pinned(lease.address)) and lease.close()
+        ]
         if closed:
             self.retired = [lease for lease in self.retired if lease.open]
         return closed

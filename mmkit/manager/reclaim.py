@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from mmkit.memory.lease import Lease
 from mmkit.memory.pool import PoolAllocator
+from mmkit.memory.shared import SharedArena
 from mmkit.platform import PlatformError, Protection, VirtualMemory
 from mmkit.values.errors import InvalidState, from_os_error
 
@@ -20,10 +21,11 @@ class Spans:
     Not thread-safe by itself: the manager calls it under its lock.
     """
 
-    __slots__ = ("pool", "stray", "unfreed", "vm")
+    __slots__ = ("arena", "pool", "stray", "unfreed", "vm")
 
-    def __init__(self, vm: VirtualMemory) -> None:
+    def __init__(self, vm: VirtualMemory, arena: SharedArena | None = None) -> None:
         self.vm = vm
+        self.arena = arena
         self.pool: PoolAllocator | None = None
         # address -> (size, the lease that must close first, if any)
         self.stray: dict[int, tuple[int, Lease | None]] = {}
@@ -59,8 +61,21 @@ class Spans:
             ) from None
         del self.stray[address]
 
+    def pinned(self, leases: list[Lease]) -> bool:
+        """Whether a reader in another process may still reach any of these spans."""
+        arena = self.arena
+        return arena is not None and any(arena.pinned(lease.address) for lease in leases)
+
     def reclaim(self, copy: Lease) -> None:
-        """Return a closed layer copy to the pool: writable again, then freed (zeroed)."""
+        """Return a closed layer copy to the pool (writable again, then freed and zeroed), or
+        a spare layer of shared memory to the free ones."""
+        arena = self.arena
+        if arena is not None and arena.owns(copy.address):
+            try:
+                arena.free(copy.address)
+            except PlatformError:
+                self.unfreed.append(copy)
+            return
         pool = self.pool
         if pool is None:
             return

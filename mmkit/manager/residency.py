@@ -89,7 +89,7 @@ class Residency:
         if loaded is None or not self.provable(loaded):
             return False
         published.withdraw(dimension)
-        if not loaded.close():
+        if self._spans.pinned(loaded.leases()) or not loaded.close():
             published.restore(loaded)
             self.pinned += loaded.data_bytes
             return False
@@ -123,7 +123,8 @@ class Residency:
         """Give back what no one can reach any more (retired layer copies, stray spans)."""
         published, spans = self._published, self._spans
         pool = spans.pool
-        if pool is None or not (published.retired or spans.stray or spans.unfreed or pool.pending):
+        pending = pool is not None and pool.pending
+        if not (published.retired or spans.stray or spans.unfreed or pending):
             return
         for lease in published.reclaimable():
             spans.reclaim(lease)

@@ -50,20 +50,53 @@ _COUNTER_LOCKS: weakref.WeakSet[ForkSafeLock] = weakref.WeakSet()
 _TAKEN: list[ForkSafeLock] = []
 
 
-def _before_fork() -> None:
-    taken: list[ForkSafeLock] = []
-    for _ in range(8):  # another thread may make a lock while we look
+class ForkAware:
+    """An object that must act around ``fork`` while no write is under way: its hooks run
+    with every state lock held (after they are taken; before they are let go)."""
+
+    __slots__ = ("__weakref__",)
+
+    def before_fork(self) -> None: ...
+
+    def after_fork_in_parent(self) -> None: ...
+
+    def after_fork_in_child(self) -> None: ...
+
+
+_FORK_AWARE: weakref.WeakSet[ForkAware] = weakref.WeakSet()
+
+
+def watch_fork(target: ForkAware) -> None:
+    """Call ``target``'s fork hooks at each ``os.fork`` while it lives."""
+    _FORK_AWARE.add(target)
+
+
+def _snapshot(items: weakref.WeakSet[T]) -> list[T]:
+    for _ in range(8):  # another thread may add one while we look
         try:
-            taken = sorted(_STATE_LOCKS, key=id)  # one order, whoever forks
-            break
+            return sorted(items, key=id)  # one order, whoever forks
         except RuntimeError:
             continue
+    return []
+
+
+_WATCHED: list[ForkAware] = []
+
+
+def _before_fork() -> None:
+    taken = _snapshot(_STATE_LOCKS)
     for lock in taken:
         lock.acquire()
     _TAKEN[:] = taken
+    _WATCHED[:] = _snapshot(_FORK_AWARE)
+    for target in _WATCHED:
+        target.before_fork()
 
 
 def _after_fork_in_parent() -> None:
+    watched, _WATCHED[:] = list(_WATCHED), []
+    for target in watched:
+        target.after_fork_in_parent()
     taken, _TAKEN[:] = list(_TAKEN), []
     for lock in reversed(taken):
         lock.release()
@@ -73,6 +106,9 @@ def _after_fork_in_child() -> None:
     _TAKEN.clear()
     for lock in [*_STATE_LOCKS, *_COUNTER_LOCKS]:
         lock._at_fork_reinit()  # type: ignore[attr-defined]  # how threading resets its own
+    watched, _WATCHED[:] = list(_WATCHED), []
+    for target in watched:
+        target.after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):

@@ -89,6 +89,8 @@ class Layout:
     pool_offset: int
     pool_size: int
     layer_size: int
+    spares_offset: int = 0
+    spares_size: int = 0
 
     def regions(self, base: int) -> dict[DimensionId, Region]:
         """Where each dimension lives in a reservation starting at ``base``."""
@@ -123,15 +125,28 @@ class Layout:
 
 
 def plan_layout(config: MemoryConfig, page_size: int, alignment: int) -> Layout:
-    """Place the dimensions in id order, then the pool, each aligned and guarded."""
+    """Place the dimensions in id order, then the spare layers (shared only), then the pool,
+    each aligned and guarded."""
     alignment = max(alignment, page_size)
     offset = alignment
     placed: list[tuple[DimensionSpec, int]] = []
     for spec in config.dimensions:
         placed.append((spec, offset))
         offset = align_up(offset + spec.size + page_size, alignment)
+    spares_offset, spares_size = offset, config.spares_size
+    if spares_size:
+        offset = align_up(offset + spares_size + page_size, alignment)
     pool_offset = offset
     pool_size = config.pool_size
     if pool_size:
         offset = align_up(offset + pool_size + page_size, alignment)
-    return Layout(offset, alignment, tuple(placed), pool_offset, pool_size, config.layer_size)
+    return Layout(
+        offset,
+        alignment,
+        tuple(placed),
+        pool_offset,
+        pool_size,
+        config.layer_size,
+        spares_offset,
+        spares_size,
+    )

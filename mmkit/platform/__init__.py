@@ -19,6 +19,7 @@ from mmkit.platform.base import (
     Advice,
     PlatformError,
     Protection,
+    SharedMemory,
     VirtualMemory,
     align_down,
     align_up,
@@ -30,9 +31,11 @@ __all__ = [
     "FREE_THREADED",
     "GRANULARITY",
     "PAGE_SIZE",
+    "SHARING",
     "Advice",
     "PlatformError",
     "Protection",
+    "SharedMemory",
     "VirtualMemory",
     "align_down",
     "align_up",
@@ -65,6 +68,21 @@ def _make_backend() -> VirtualMemory:
 
 BACKEND: VirtualMemory = _make_backend()
 PAGE_SIZE: int = BACKEND.page_size
+
+
+def _make_sharing() -> SharedMemory | None:
+    if sys.platform == "linux":
+        from mmkit.platform.memfd import MemfdSharing
+        from mmkit.platform.posix import PosixMemory
+
+        assert isinstance(BACKEND, PosixMemory)
+        return MemfdSharing(BACKEND)
+    return None
+
+
+SHARING: SharedMemory | None = _make_sharing()
+"""How this OS shares memory between processes (``MemoryConfig(shared=True)``); None where
+mmkit does not share yet."""
 
 FREE_THREADED: bool = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 """Whether this CPython is built without the GIL (PEP 703): threads then run at once, and

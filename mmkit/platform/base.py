@@ -23,6 +23,7 @@ class Advice(enum.Enum):
     WILLNEED = "willneed"
     DONTNEED = "dontneed"
     HUGEPAGE = "hugepage"
+    DONTFORK = "dontfork"
 
 
 class PlatformError(OSError):
@@ -138,6 +139,66 @@ class VirtualMemory(Protocol):
     def resident(self, address: int, size: int) -> int:
         """Bytes of the span that are in physical memory right now, as the OS reports."""
         ...
+
+
+@runtime_checkable
+class SharedMemory(Protocol):
+    """Memory that several processes map at once: made by one, opened read-only by others.
+
+    A *handle* is this process's descriptor (or OS handle) of one shared object. Byte locks
+    on a handle are advisory, belong to that handle's open of the object, and go away when
+    it is closed or its process dies; the owner and its readers use them to publish and pin.
+    """
+
+    name: str
+
+    def create(self, size: int) -> int:
+        """A new shared object of ``size`` zero bytes that nobody can resize, open read-write."""
+        ...
+
+    def target(self, pid: int, handle: int) -> str:
+        """What another process's handle refers to, for checking before opening it."""
+        ...
+
+    def reopen(self, pid: int, handle: int) -> int:
+        """A read-only handle of our own for another process's shared object."""
+        ...
+
+    def size(self, handle: int) -> int: ...
+
+    def read(self, handle: int, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of the object from ``offset``, without mapping it."""
+        ...
+
+    def user(self) -> int:
+        """Who this process runs as: only the same user may attach to its shared memory."""
+        ...
+
+    def map(
+        self, address: int | None, size: int, handle: int, offset: int, *, writable: bool
+    ) -> int:
+        """Map part of the object over ``address`` (or anywhere); the address it is at."""
+        ...
+
+    def unmap(self, address: int, size: int) -> None:
+        """Unmap what ``map`` mapped anywhere."""
+        ...
+
+    def punch(self, handle: int, offset: int, size: int) -> None:
+        """Give back the memory behind a span of the object; it reads as zero afterwards."""
+        ...
+
+    def lock(self, handle: int, byte: int, *, exclusive: bool) -> bool:
+        """Lock one byte for this handle without waiting; False if another holds it."""
+        ...
+
+    def unlock(self, handle: int, byte: int) -> None: ...
+
+    def locked(self, handle: int, byte: int) -> bool:
+        """Whether another handle holds a lock on ``byte``."""
+        ...
+
+    def close(self, handle: int) -> None: ...
 
 
 def align_down(value: int, alignment: int) -> int:

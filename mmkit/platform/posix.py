@@ -35,6 +35,7 @@ class PosixConstants:
     prot_none: int
     prot_read: int
     prot_write: int
+    map_shared: int
     map_private: int
     map_fixed: int
     map_anonymous: int
@@ -51,6 +52,7 @@ LINUX = PosixConstants(
     prot_none=0x0,
     prot_read=0x1,
     prot_write=0x2,
+    map_shared=0x01,
     map_private=0x02,
     map_fixed=0x10,
     map_anonymous=0x20,
@@ -63,6 +65,7 @@ LINUX = PosixConstants(
             Advice.WILLNEED: 3,
             Advice.DONTNEED: 4,
             Advice.HUGEPAGE: 14,
+            Advice.DONTFORK: 10,
         }
     ),
     madv_populate_write=23,
@@ -77,6 +80,7 @@ DARWIN = PosixConstants(
     prot_none=0x00,
     prot_read=0x01,
     prot_write=0x02,
+    map_shared=0x0001,
     map_private=0x0002,
     map_fixed=0x0010,
     map_anonymous=0x1000,
@@ -243,12 +247,45 @@ class PosixMemory:
             return 0
         return 0 if "[never]" in enabled else size
 
-    def _map(self, address: int | None, size: int, prot: int, flags: int) -> int:
-        result = self._mmap(address, size, prot, flags, -1, 0)
+    def _map(
+        self,
+        address: int | None,
+        size: int,
+        prot: int,
+        flags: int,
+        *,
+        fd: int = -1,
+        offset: int = 0,
+    ) -> int:
+        result = self._mmap(address, size, prot, flags, fd, offset)
         if result is None or result == _MAP_FAILED:
-            arguments = f"{address or 0:#x}, {size}, {prot:#x}, {flags:#x}, -1, 0"
+            arguments = f"{address or 0:#x}, {size}, {prot:#x}, {flags:#x}, {fd}, {offset:#x}"
             raise _error("mmap", arguments, self.constants)
+        if flags & self.constants.map_fixed and result != address:
+            raise PlatformError(
+                "mmap",
+                f"{address or 0:#x}, {size}, {prot:#x}, MAP_FIXED",
+                errno.EINVAL,
+                f"kernel placed the mapping at {result:#x}",
+                exhausted=False,
+            )
         return int(result)
+
+    def map_file(
+        self, address: int | None, size: int, fd: int, offset: int, *, writable: bool
+    ) -> int:
+        """Map ``size`` bytes of a file from ``offset``, shared with every process that maps
+        it: over ``address`` (replacing what is there) or wherever the kernel chooses."""
+        check_span("map_file", address or 0, size, self.page_size)
+        constants = self.constants
+        prot = constants.prot_read | (constants.prot_write if writable else 0)
+        flags = constants.map_shared | (constants.map_fixed if address is not None else 0)
+        return self._map(address, size, prot, flags, fd=fd, offset=offset)
+
+    def unmap(self, address: int, size: int) -> None:
+        """Unmap a span mapped with ``map_file`` anywhere (not inside a reservation)."""
+        check_span("unmap", address, size, self.page_size)
+        self._unmap(address, size)
 
     def _unmap(self, address: int, size: int) -> None:
         if self._munmap(address, size) != 0:
@@ -279,15 +316,7 @@ class PosixMemory:
         check_span("decommit", address, size, self.page_size)
         constants = self.constants
         flags = constants.map_fixed | reserve_flags(constants)
-        mapped = self._map(address, size, constants.prot_none, flags)
-        if mapped != address:
-            raise PlatformError(
-                "mmap",
-                f"{address:#x}, {size}, PROT_NONE, MAP_FIXED",
-                errno.EINVAL,
-                f"kernel placed the mapping at {mapped:#x}",
-                exhausted=False,
-            )
+        self._map(address, size, constants.prot_none, flags)
 
     def protect(self, address: int, size: int, protection: Protection) -> None:
         check_span("protect", address, size, self.page_size)
@@ -354,6 +383,7 @@ def check_against_stdlib(constants: PosixConstants) -> None:
     expected = {
         "PROT_READ": constants.prot_read,
         "PROT_WRITE": constants.prot_write,
+        "MAP_SHARED": constants.map_shared,
         "MAP_PRIVATE": constants.map_private,
         "MAP_ANONYMOUS": constants.map_anonymous,
         "MAP_NORESERVE": constants.map_noreserve,

@@ -157,6 +157,7 @@ _ADVICE_ACTIONS = {
     Advice.SEQUENTIAL: AdviceAction.IGNORE,
     Advice.RANDOM: AdviceAction.IGNORE,
     Advice.HUGEPAGE: AdviceAction.IGNORE,
+    Advice.DONTFORK: AdviceAction.IGNORE,
 }
 
 _PROTECTIONS = {

@@ -77,7 +77,9 @@ class MemoryConfig:
     """What the manager maps and how it behaves. The defaults are the spec's.
 
     The pool is what the dimensions leave of the limit: 280 − 148 = 132 MiB by default
-    (32 MiB user area + 100 MiB reserve).
+    (32 MiB user area + 100 MiB reserve). ``shared=True`` puts the dimension data in memory
+    other processes can attach to (``MmapManager.share``), and takes ``spare_layers`` layers
+    from the pool's reserve for updates.
     """
 
     limit: int = 280 * MiB
@@ -87,6 +89,8 @@ class MemoryConfig:
     resident_limit: int | None = None
     user_quota: int = 32 * MiB
     prefault: bool = False
+    shared: bool = False
+    spare_layers: int = 16
     _by_id: dict[DimensionId, DimensionSpec] = field(
         init=False, repr=False, compare=False, hash=False
     )
@@ -131,6 +135,16 @@ class MemoryConfig:
             raise ConfigError(f"user_quota must be 0 to 2**63 - 1 bytes, not {self.user_quota}")
         if not isinstance(self.prefault, bool):
             raise ConfigError(f"prefault must be a bool, not {self.prefault!r}")
+        if not isinstance(self.shared, bool):
+            raise ConfigError(f"shared must be a bool, not {self.shared!r}")
+        spares = self.spare_layers
+        if isinstance(spares, bool) or not isinstance(spares, int) or not 1 <= spares <= 1 << 20:
+            raise ConfigError(f"spare_layers must be an int from 1 to 2**20, not {spares!r}")
+        if self.shared and total + spares * layer > limit:
+            raise ConfigError(
+                f"shared=True needs the dimensions and {spares} spare layers to fit in the "
+                f"limit: they need {total + spares * layer} bytes, the limit is {limit}"
+            )
         data_dir = self.data_dir
         if data_dir is not None:
             text = os.fspath(data_dir) if isinstance(data_dir, str | os.PathLike) else None
@@ -148,9 +162,15 @@ class MemoryConfig:
         return sum(spec.size for spec in self.dimensions)
 
     @property
+    def spares_size(self) -> int:
+        """Bytes of shared memory kept for layer updates (``shared=True`` only): each update
+        writes its new bytes into a free spare layer, which readers can map."""
+        return self.spare_layers * self.layer_size if self.shared else 0
+
+    @property
     def pool_size(self) -> int:
         """Bytes of the budget left for the pool allocator."""
-        return self.limit - self.dimensions_size
+        return self.limit - self.dimensions_size - self.spares_size
 
     @property
     def effective_resident_limit(self) -> int:

@@ -105,6 +105,11 @@ class OutOfMappings(OutOfMemory):
     """
 
 
+class AttachError(MmkitError):
+    """``mmkit.attach`` refused: a malformed or foreign token, an owner that is gone or
+    closed, another user's memory, an incompatible version. Nothing was mapped."""
+
+
 class SystemCallFailed(MmkitError):
     """A system call failed for a reason other than memory pressure."""
 

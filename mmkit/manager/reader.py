@@ -1,0 +1,405 @@
+"""``mmkit.attach``: read a shared manager's layers from another process, zero-copy.
+
+A reader maps the owner's arena read-only (the kernel refuses a writable mapping of it) into
+a reservation laid out like the owner's, so its regions keep their guard pages. It follows
+the owner's table: each ``access_layer`` first compares one word of shared memory, the
+owner's generation, with the table it copied last; only when the owner has published since
+does it copy the table again, under a shared byte lock.
+
+A reader pins each unit (a dimension, a spare layer) it makes views of, with a shared lock
+on the unit's byte, before it trusts the table's word for it, and checks the generation again
+after pinning: so the owner, which reuses only units nobody pins, never changes bytes a view
+can reach. A unit's pin is held by the lease its views come from and let go, once the lease
+has no view left, when the reader next copies the table or closes. A reader that dies drops
+every pin with its descriptor.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import weakref
+from dataclasses import dataclass
+from types import MappingProxyType, TracebackType
+from typing import NamedTuple
+
+from mmkit.memory.arena import (
+    CLOSED,
+    DESCRIPTION_OFFSET,
+    FLAGS_OFFSET,
+    GENERATION_OFFSET,
+    HEADER,
+    MAGIC,
+    OWNER_BYTE,
+    PUBLISH_BYTE,
+    ArenaLayout,
+)
+from mmkit.memory.lease import Lease
+from mmkit.memory.locks import ForkSafeLock
+from mmkit.memory.region import Region, Reservation, plan_layout
+from mmkit.memory.shared import AttachedArena, wait_for_lock
+from mmkit.platform import BACKEND, SHARING, PlatformError, SharedMemory
+from mmkit.values.config import MemoryConfig
+from mmkit.values.errors import (
+    AttachError,
+    InvalidId,
+    InvalidState,
+    LayerOutOfRange,
+    NotLoaded,
+    OwnsMemory,
+    from_os_error,
+)
+from mmkit.values.ids import DimensionId, LayerId
+from mmkit.values.share import FORMAT, ShareHandle
+from mmkit.values.units import format_size
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderStats:
+    """A reader's view of the shared memory and of its owner.
+
+    ``owner_alive``: the owner's process still holds the memory and has not closed its
+    manager; when False, what was last published stays readable and nothing changes any
+    more. ``pinned`` is the bytes of units this reader pins; ``resident`` the bytes of the
+    shared data in physical memory (shared with the owner and every other reader).
+    """
+
+    owner_pid: int
+    owner_alive: bool
+    owner_closed: bool
+    generation: int
+    loaded: tuple[DimensionId, ...]
+    mapped: int
+    pinned: int
+    resident: int
+
+
+class _Table(NamedTuple):
+    generation: int
+    closed: bool
+    entries: MappingProxyType[LayerId, tuple[int, int]]  # layer -> (unit, offset in unit)
+    loaded: frozenset[DimensionId]
+
+
+_NOTHING = _Table(-1, False, MappingProxyType({}), frozenset())
+
+
+def attach(handle: object) -> SharedReader:
+    """Attach to a shared manager: ``handle`` is its ``ShareHandle`` or ``str(handle)``.
+
+    ``AttachError`` at once, nothing mapped, for a malformed or stale token, an owner that
+    has exited or closed, another user's memory or another share format.
+    """
+    share = ShareHandle.parse(handle)
+    sharing = SHARING
+    if sharing is None:
+        raise AttachError(f"mmkit does not share memory between processes on {BACKEND.name} yet")
+    user = sharing.user()
+    if share.uid != user:
+        raise AttachError(
+            f"the shared memory belongs to user {share.uid}; this process runs as user {user}, "
+            "and only the same user may attach"
+        )
+    fd = _open(sharing, share)
+    try:
+        arena = _check(sharing, fd, share)
+        return SharedReader(sharing, fd, share, arena)
+    except BaseException:
+        sharing.close(fd)
+        raise
+
+
+def _open(sharing: SharedMemory, share: ShareHandle) -> int:
+    """Our own read-only open of the owner's memory, checked to be what the token names."""
+    where = f"process {share.pid}'s descriptor {share.handle}"
+    try:
+        target = sharing.target(share.pid, share.handle)
+        if not target.startswith("/memfd:mmkit-arena"):
+            raise AttachError(
+                f"{where} is not mmkit shared memory any more (the owner exited or closed its "
+                "manager, and the number was reused)"
+            )
+        return sharing.reopen(share.pid, share.handle)
+    except (FileNotFoundError, ProcessLookupError):
+        raise AttachError(
+            f"{where} does not exist: the owner exited or closed its manager"
+        ) from None
+    except PermissionError:
+        raise AttachError(
+            f"not allowed to open {where}: it belongs to another user, or the system restricts "
+            "access to other processes (/proc mounted with hidepid, a different pid namespace)"
+        ) from None
+    except OSError as exc:
+        raise AttachError(f"cannot open {where}: {exc.strerror or exc}") from None
+
+
+def _check(sharing: SharedMemory, fd: int, share: ShareHandle) -> ArenaLayout:
+    """The arena's layout, once its header proves it is the live memory the token names."""
+    try:
+        size = sharing.size(fd)
+        header = sharing.read(fd, 0, HEADER.size)
+    except OSError as exc:
+        raise AttachError(f"cannot read the shared memory: {exc.strerror or exc}") from None
+    if len(header) < HEADER.size:
+        raise AttachError("the shared memory is too small to be mmkit's")
+    magic, version, length, nonce, pid, flags, _, _ = HEADER.unpack(header)
+    if magic != MAGIC:
+        raise AttachError("the shared memory is not mmkit's")
+    if version != FORMAT:
+        raise AttachError(
+            f"the shared memory is share format {version}; this mmkit reads format {FORMAT} "
+            "(owner and reader must run compatible mmkit versions)"
+        )
+    if nonce.hex() != share.nonce or pid != share.pid:
+        raise AttachError(
+            "the descriptor is another manager's shared memory than the token's (the owner "
+            "closed or exited and the number was reused)"
+        )
+    if flags & CLOSED:
+        raise AttachError(f"the owner (process {pid}) has closed its manager")
+    if not sharing.locked(fd, OWNER_BYTE):
+        raise AttachError(f"the owner (process {pid}) is gone")
+    try:
+        description = sharing.read(fd, DESCRIPTION_OFFSET, length)
+        arena = ArenaLayout.parse(description, BACKEND.page_size)
+    except (OSError, ValueError) as exc:
+        raise AttachError(f"the shared memory's layout cannot be read: {exc}") from None
+    if arena.size != size:
+        raise AttachError(
+            f"the shared memory is {size} bytes; its layout says {arena.size}: it is damaged"
+        )
+    return arena
+
+
+class SharedReader(OwnsMemory):
+    """A read-only view of a shared manager's layers from another process.
+
+    ``access_layer`` takes no lock while the owner has not published since the last call
+    (the usual case). A context manager; ``close()`` keeps every view it handed out
+    readable until the view is gone.
+    """
+
+    def __init__(
+        self, sharing: SharedMemory, fd: int, share: ShareHandle, arena: ArenaLayout
+    ) -> None:
+        self._share = share
+        self._sharing = sharing
+        self._arena_layout = arena
+        self._layer_size = arena.layer_size
+        self._config = MemoryConfig(
+            limit=arena.size - arena.control_size,
+            layer_size=arena.layer_size,
+            dimensions=arena.dimensions,
+            shared=True,
+            spare_layers=arena.spare_layers,
+        )
+        alignment = max(BACKEND.granularity, BACKEND.huge_page_size)
+        layout = plan_layout(self._config, BACKEND.page_size, alignment)
+        self._memory = AttachedArena(BACKEND, sharing, fd, layout, arena)
+        try:
+            self._reservation = Reservation(self._memory, layout.size, layout.alignment)
+        except PlatformError as exc:
+            raise AttachError(f"mapping the shared memory: {exc}") from None
+        self._regions = layout.regions(self._memory.base)
+        self._layers = arena.layers()
+        self._generation = ctypes.c_uint64.from_address(self._memory.control + GENERATION_OFFSET)
+        self._table = _NOTHING
+        self._leases: dict[int, Lease] = {}
+        self._lock = ForkSafeLock(held_across_fork=True)
+        self._closed = False
+        weakref.finalize(self, self._memory.forget)
+        with self._lock:
+            self._refresh()
+
+    # -- reading ------------------------------------------------------------------------
+
+    def access_layer(self, layer: LayerId) -> memoryview:
+        """A read-only, zero-copy view of a layer as the owner last published it."""
+        table = self._table
+        if type(layer) is LayerId and self._generation.value == table.generation:
+            entry = table.entries.get(layer)
+            if entry is not None:
+                lease = self._leases.get(entry[0])
+                if lease is not None:
+                    try:
+                        return lease.view(entry[1], self._layer_size)
+                    except InvalidState:
+                        pass  # let go of meanwhile: pin it again under the lock
+        del table
+        return self._access_slow(layer)
+
+    def _access_slow(self, layer: object) -> memoryview:
+        if not isinstance(layer, LayerId):
+            raise InvalidId(f"access_layer needs a LayerId, not {type(layer).__name__}")
+        plain = layer if type(layer) is LayerId else LayerId(layer[0], layer[1])
+        with self._lock:
+            while True:
+                table = self._refresh()
+                entry = table.entries.get(plain)
+                if entry is None:
+                    raise self._missing(plain, table)
+                unit, start = entry
+                lease = self._leases.get(unit)
+                if lease is None:
+                    lease = self._pin(unit, table)
+                    if lease is None:
+                        continue  # the owner published meanwhile: read its new table
+                return lease.view(start, self._layer_size)
+
+    def _pin(self, unit: int, table: _Table) -> Lease | None:
+        """Pin a unit and give its lease, if the table still holds once it is pinned."""
+        memory = self._memory
+        try:
+            pinned = memory.pin(unit)
+        except PlatformError as exc:
+            raise from_os_error(exc, "pinning shared memory") from None
+        if not pinned:
+            raise InvalidState(f"unit {unit} of the shared memory cannot be pinned")
+        if self._generation.value != table.generation:
+            memory.unpin(unit)
+            return None
+        lease = Lease(memory.unit_address(unit), self._arena_layout.unit_span(unit)[1])
+        self._leases[unit] = lease
+        return lease
+
+    def _refresh(self) -> _Table:
+        """The owner's current table (copied again if it published since); under the lock."""
+        if self._closed:
+            raise InvalidState("the reader is closed")
+        if self._memory.orphaned:
+            raise InvalidState("this forked copy of a reader could not keep its pins; attach again")
+        table = self._table
+        if self._generation.value == table.generation:
+            return table
+        memory, arena = self._memory, self._arena_layout
+        if not wait_for_lock(self._sharing, memory.handle, PUBLISH_BYTE, exclusive=False):
+            raise InvalidState(
+                f"the owner (process {self._share.pid}) has held its table for too long "
+                "(stopped?); try again"
+            )
+        try:
+            generation = self._generation.value
+            flags = ctypes.c_uint64.from_address(memory.control + FLAGS_OFFSET).value
+            raw = ctypes.string_at(memory.control + arena.table_offset, 8 * len(self._layers))
+        finally:
+            self._sharing.unlock(memory.handle, PUBLISH_BYTE)
+        entries: dict[LayerId, tuple[int, int]] = {}
+        for layer, word in zip(self._layers, memoryview(raw).cast("Q"), strict=True):
+            offset = arena.decode_entry(word)
+            if offset is not None:
+                unit = arena.unit_of(offset)
+                entries[layer] = (unit, offset - arena.unit_span(unit)[0])
+        loaded = frozenset(layer.dimension for layer in entries)
+        table = _Table(generation, bool(flags & CLOSED), MappingProxyType(entries), loaded)
+        self._table = table
+        self._let_go()
+        return table
+
+    def _let_go(self) -> None:
+        """Unpin every unit no view of which is left."""
+        for unit, lease in list(self._leases.items()):
+            if lease.close():
+                del self._leases[unit]
+                self._memory.unpin(unit)
+
+    def _missing(self, layer: LayerId, table: _Table) -> Exception:
+        spec = self._config.dimension(layer.dimension)
+        count = spec.size // self._layer_size
+        if layer.index >= count:
+            return LayerOutOfRange(
+                f"{spec.id} ({spec.name}) has {count} layers; there is no layer {layer.index}"
+            )
+        if table.closed:
+            return NotLoaded(
+                f"dimension {spec.id} ({spec.name}) was not loaded when the owner "
+                f"(process {self._share.pid}) closed its manager"
+            )
+        return NotLoaded(
+            f"dimension {spec.id} ({spec.name}) is not loaded in the owner (process "
+            f"{self._share.pid}): never loaded, or evicted; readers see it once the owner "
+            "loads it again"
+        )
+
+    # -- queries ------------------------------------------------------------------------
+
+    def is_loaded(self, dimension: object) -> bool:
+        """Whether the owner has a dimension published now."""
+        spec = self._config.dimension(dimension)
+        with self._lock:
+            return spec.id in self._refresh().loaded
+
+    def regions(self) -> tuple[Region, ...]:
+        """The dimension regions as mapped in this process, in address order."""
+        self._require_open("regions")
+        return tuple(sorted(self._regions.values(), key=lambda r: r.address))
+
+    def region(self, dimension: object) -> Region:
+        self._require_open("region")
+        return self._regions[self._config.dimension(dimension).id]
+
+    @property
+    def handle(self) -> ShareHandle:
+        return self._share
+
+    def stats(self) -> ReaderStats:
+        """The owner's state, what is published, what this reader maps and pins."""
+        with self._lock:
+            table = self._refresh()
+            memory = self._memory
+            pinned = sum(self._arena_layout.unit_span(unit)[1] for unit in self._leases)
+            owner = self._sharing.locked(memory.handle, OWNER_BYTE)
+            resident = sum(
+                memory.resident(region.address, region.size) for region in self._regions.values()
+            )
+            layout = self._memory.layout
+            if layout.spares_size:
+                spares = memory.base + layout.spares_offset
+                resident += memory.resident(spares, layout.spares_size)
+        return ReaderStats(
+            owner_pid=self._share.pid,
+            owner_alive=owner and not table.closed,
+            owner_closed=table.closed,
+            generation=table.generation,
+            loaded=tuple(sorted(table.loaded)),
+            mapped=self._arena_layout.size - self._arena_layout.control_size,
+            pinned=pinned,
+            resident=resident,
+        )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "attached"
+        return (
+            f"<SharedReader {state} to process {self._share.pid} "
+            f"({format_size(self._arena_layout.size)})>"
+        )
+
+    # -- closing ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Let go of the shared memory; views still held keep it until they are gone."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._table = _NOTHING
+            leases, self._leases = list(self._leases.values()), {}
+        reservation = self._reservation
+        for lease in leases:
+            if not lease.close():
+                reservation.hold()
+                lease.close_when_idle(reservation.drop)
+        reservation.drop()
+
+    def __enter__(self) -> SharedReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _require_open(self, operation: str) -> None:
+        if self._closed:
+            raise InvalidState(f"{operation}: the reader is closed")

@@ -1,0 +1,172 @@
+"""The shared arena's layout and its control area's format. Pure: no OS calls.
+
+One shared object holds everything readers map: a control area, then each dimension's bytes
+in id order, then the spare layers that updates write into. The control area starts with a
+fixed header, then a description of the layout (JSON, written once), then the *table*: one
+64-bit word per layer, the offset of the layer's current bytes with the low bit set, or 0
+when the layer is not published. The owner rewrites the table and then increments the
+*generation* under an exclusive byte lock; readers copy it under a shared one.
+
+Units are what readers pin: unit ``i < len(dimensions)`` is dimension ``i``'s span, the rest
+are the spare layers. A pin is a shared lock on byte ``FIRST_PIN + unit`` of the object.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+
+from mmkit.platform import align_up
+from mmkit.values.config import DimensionSpec, MemoryConfig
+from mmkit.values.ids import DimensionId, LayerId
+
+MAGIC = b"MMKITARN"
+HEADER = struct.Struct("=8sII16sQQQQ")
+"""magic, share format, description length, nonce, owner pid, flags, generation, table offset"""
+FLAGS_OFFSET = 40
+GENERATION_OFFSET = 48
+DESCRIPTION_OFFSET = HEADER.size
+CLOSED = 0x1
+"""Flag: the owner closed the manager; what is published stays readable."""
+
+PUBLISH_BYTE = 0
+OWNER_BYTE = 1
+FIRST_PIN = 2
+_MAX_DESCRIPTION = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ArenaLayout:
+    """Where everything lies in the shared object, derived from the layout description."""
+
+    page_size: int
+    layer_size: int
+    dimensions: tuple[DimensionSpec, ...]
+    spare_layers: int
+    description: bytes
+    table_offset: int
+    control_size: int
+    offsets: tuple[int, ...]
+    spares_offset: int
+    size: int
+
+    @classmethod
+    def plan(cls, config: MemoryConfig, page_size: int) -> ArenaLayout:
+        """The layout for a shared manager's configuration."""
+        text = json.dumps(
+            {
+                "page_size": page_size,
+                "layer_size": config.layer_size,
+                "spare_layers": config.spare_layers,
+                "dimensions": [[int(s.id), s.name, s.size] for s in config.dimensions],
+            },
+            separators=(",", ":"),
+        )
+        return cls._derive(
+            page_size, config.layer_size, config.dimensions, config.spare_layers, text.encode()
+        )
+
+    @classmethod
+    def parse(cls, description: bytes, page_size: int) -> ArenaLayout:
+        """The layout a description written by ``plan`` stands for; ``ValueError`` if none."""
+        try:
+            data = json.loads(description.decode())
+            layer, spares = int(data["layer_size"]), int(data["spare_layers"])
+            if int(data["page_size"]) != page_size:
+                raise ValueError(f"made with {data['page_size']}-byte pages, not {page_size}")
+            specs = tuple(DimensionSpec(int(i), str(n), int(s)) for i, n, s in data["dimensions"])
+            # The config's own checks: unique ids and names, sizes in whole layers of pages.
+            config = MemoryConfig(
+                limit=align_up(sum(s.size for s in specs) + spares * layer, page_size),
+                layer_size=layer,
+                dimensions=specs,
+                shared=True,
+                spare_layers=spares,
+            )
+        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
+            # ConfigError is a ValueError: what the config's own checks refused, in its words
+            raise ValueError(f"the layout description is not valid: {exc}") from None
+        return cls._derive(page_size, layer, config.dimensions, spares, description)
+
+    @classmethod
+    def _derive(
+        cls,
+        page_size: int,
+        layer_size: int,
+        dimensions: tuple[DimensionSpec, ...],
+        spare_layers: int,
+        description: bytes,
+    ) -> ArenaLayout:
+        if len(description) > _MAX_DESCRIPTION:
+            raise ValueError("the layout description is too long")
+        table = align_up(DESCRIPTION_OFFSET + len(description), 8)
+        layers = sum(spec.size // layer_size for spec in dimensions)
+        control = align_up(table + 8 * layers, page_size)
+        offsets = []
+        offset = control
+        for spec in dimensions:
+            offsets.append(offset)
+            offset += spec.size
+        size = offset + spare_layers * layer_size
+        return cls(
+            page_size,
+            layer_size,
+            dimensions,
+            spare_layers,
+            description,
+            table,
+            control,
+            tuple(offsets),
+            offset,
+            size,
+        )
+
+    @property
+    def units(self) -> int:
+        return len(self.dimensions) + self.spare_layers
+
+    def layers(self) -> list[LayerId]:
+        """Every layer, in table order."""
+        return [
+            LayerId(spec.id, index)
+            for spec in self.dimensions
+            for index in range(spec.size // self.layer_size)
+        ]
+
+    def unit_span(self, unit: int) -> tuple[int, int]:
+        """Offset and size of a unit in the object."""
+        count = len(self.dimensions)
+        if unit < count:
+            return self.offsets[unit], self.dimensions[unit].size
+        return self.spares_offset + (unit - count) * self.layer_size, self.layer_size
+
+    def unit_of(self, offset: int) -> int:
+        """The unit whose span holds ``offset``; ``ValueError`` if none does."""
+        if self.spares_offset <= offset < self.size:
+            return len(self.dimensions) + (offset - self.spares_offset) // self.layer_size
+        for unit, (start, spec) in enumerate(zip(self.offsets, self.dimensions, strict=True)):
+            if start <= offset < start + spec.size:
+                return unit
+        raise ValueError(f"offset {offset:#x} is not in any unit of the arena")
+
+    def dimension_unit(self, dimension: DimensionId) -> int:
+        for unit, spec in enumerate(self.dimensions):
+            if spec.id == dimension:
+                return unit
+        raise ValueError(f"no dimension {dimension} in the arena")
+
+    def decode_entry(self, entry: int) -> int | None:
+        """The offset of a layer's bytes from its table word; None if not published or if
+        the word does not name a whole layer inside one unit."""
+        if not entry & 1:
+            return None
+        offset = entry & ~1
+        inside = self.control_size <= offset <= self.size - self.layer_size
+        if offset % self.page_size or not inside:
+            return None
+        unit = self.unit_of(offset)
+        start, size = self.unit_span(unit)
+        if (offset - start) % self.layer_size or offset + self.layer_size > start + size:
+            return None
+        return offset

@@ -1,0 +1,517 @@
+"""The owner's side of a shared arena: the ``VirtualMemory`` its regions are committed through.
+
+A shared manager reserves its budget as usual, but committing a dimension's region or a
+spare layer maps that span of the arena over it (``MAP_SHARED``) instead of private memory,
+and decommitting maps the reservation back and gives the arena's pages back to the OS. So
+loading, eviction, updates and closing work as for a private manager, on memory that
+readers in other processes map too.
+
+What readers can reach is never reused: a unit (a dimension's span, a spare layer) goes back
+to the OS or to the free spares only when it is not in the last table readers were given,
+and no reader's open of the arena holds a pin on it. Readers pin with shared byte locks
+(``mmkit.memory.arena``); the owner only looks (``locked``), so a pin never waits for it.
+
+A forked child of the owner shares the arena's pages with it. It must not change them, and
+what its copy of the manager can still read must stay as it is: before ``fork`` every unit
+in use is pinned through a fresh open of the arena, which the child keeps and the parent
+closes; in the child the arena refuses to write, punch or publish.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import ctypes
+import errno
+import os
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+
+from mmkit.memory.arena import (
+    CLOSED,
+    DESCRIPTION_OFFSET,
+    FIRST_PIN,
+    FLAGS_OFFSET,
+    GENERATION_OFFSET,
+    HEADER,
+    MAGIC,
+    OWNER_BYTE,
+    PUBLISH_BYTE,
+    ArenaLayout,
+)
+from mmkit.memory.lease import Lease
+from mmkit.memory.locks import ForkAware, ForkSafeLock, watch_fork
+from mmkit.memory.region import Layout
+from mmkit.platform import Advice, PlatformError, Protection, SharedMemory, VirtualMemory
+from mmkit.values.errors import LimitExceeded
+from mmkit.values.ids import DimensionId
+from mmkit.values.share import FORMAT, ShareHandle
+from mmkit.values.units import format_size
+
+LOCK_PATIENCE = 5.0
+"""Seconds the owner waits for readers to let go of the table before it publishes late: a
+reader holds it only while it copies it, so longer means a stopped reader."""
+
+
+def wait_for_lock(sharing: SharedMemory, handle: int, byte: int, *, exclusive: bool) -> bool:
+    """Take a byte lock, polling for up to ``LOCK_PATIENCE`` seconds; False if it stays held."""
+    if sharing.lock(handle, byte, exclusive=exclusive):
+        return True
+    deadline = time.monotonic() + LOCK_PATIENCE
+    pause = 20e-6
+    while time.monotonic() < deadline:
+        time.sleep(pause)
+        if sharing.lock(handle, byte, exclusive=exclusive):
+            return True
+        pause = min(pause * 2, 1e-3)
+    return False
+
+
+class _Over:
+    """A ``VirtualMemory`` over another one: what a subclass does not change, it passes on."""
+
+    def __init__(self, inner: VirtualMemory) -> None:
+        self.name = inner.name
+        self.page_size = inner.page_size
+        self.granularity = inner.granularity
+        self.huge_page_size = inner.huge_page_size
+        self.inner = inner
+
+    def reserve(self, size: int, alignment: int = 0) -> int:
+        return self.inner.reserve(size, alignment)
+
+    def release(self, address: int, size: int) -> None:
+        self.inner.release(address, size)
+
+    def commit(self, address: int, size: int) -> None:
+        self.inner.commit(address, size)
+
+    def decommit(self, address: int, size: int) -> None:
+        self.inner.decommit(address, size)
+
+    def protect(self, address: int, size: int, protection: Protection) -> None:
+        self.inner.protect(address, size, protection)
+
+    def advise(self, address: int, size: int, advice: Advice) -> bool:
+        return self.inner.advise(address, size, advice)
+
+    def prefault(self, address: int, size: int) -> None:
+        self.inner.prefault(address, size)
+
+    def lock(self, address: int, size: int) -> None:
+        self.inner.lock(address, size)
+
+    def unlock(self, address: int, size: int) -> None:
+        self.inner.unlock(address, size)
+
+    def resident(self, address: int, size: int) -> int:
+        return self.inner.resident(address, size)
+
+
+class SharedArena(_Over, ForkAware):
+    """``VirtualMemory`` for a shared manager, and the arena behind it: publishing, pins,
+    spare layers. Not thread-safe by itself: the manager calls it under its lock (the fork
+    hooks, which run between writes, aside)."""
+
+    def __init__(
+        self, inner: VirtualMemory, sharing: SharedMemory, layout: Layout, arena: ArenaLayout
+    ) -> None:
+        super().__init__(inner)
+        self.sharing = sharing
+        self.layout = layout
+        self.arena = arena
+        self.nonce = secrets.token_hex(16)
+        self.owner = os.getpid()
+        self.handle = -1
+        self.control = 0
+        self.base = 0
+        self.generation = 0
+        self.busy: set[int] = set()
+        self.published: frozenset[int] = frozenset()
+        self.lagging = False
+        self.closed = False
+        self.forked = False
+        self._free = list(range(arena.spare_layers - 1, -1, -1))
+        self._fork_pins = -1
+        self._keep_all = False
+        self._lock = ForkSafeLock()
+        watch_fork(self)
+
+    # -- VirtualMemory ------------------------------------------------------------------
+
+    def reserve(self, size: int, alignment: int = 0) -> int:
+        """Make the shared object and its control area, then reserve the budget."""
+        sharing, arena = self.sharing, self.arena
+        handle = sharing.create(arena.size)
+        control = 0
+        try:
+            control = sharing.map(None, arena.control_size, handle, 0, writable=True)
+            self.inner.advise(control, arena.control_size, Advice.DONTFORK)
+            header = HEADER.pack(
+                MAGIC,
+                FORMAT,
+                len(arena.description),
+                bytes.fromhex(self.nonce),
+                self.owner,
+                0,
+                0,
+                arena.table_offset,
+            )
+            ctypes.memmove(control, header, len(header))
+            ctypes.memmove(control + DESCRIPTION_OFFSET, arena.description, len(arena.description))
+            if not sharing.lock(handle, OWNER_BYTE, exclusive=True):
+                raise PlatformError("lock", "owner byte", errno.EAGAIN, "held", exhausted=False)
+            self.base = self.inner.reserve(size, alignment)
+        except BaseException:
+            if control:
+                sharing.unmap(control, arena.control_size)
+            sharing.close(handle)
+            raise
+        self.handle, self.control = handle, control
+        return self.base
+
+    def release(self, address: int, size: int) -> None:
+        """Give the reservation back, and with it this process's hold on the arena."""
+        try:
+            self.inner.release(address, size)
+        finally:
+            self.finish()
+            if self.control and not self.forked:
+                self.sharing.unmap(self.control, self.arena.control_size)
+            self.control = 0
+            for name in ("handle", "_fork_pins"):
+                handle = getattr(self, name)
+                if handle >= 0:
+                    setattr(self, name, -1)
+                    self.sharing.close(handle)
+
+    def commit(self, address: int, size: int) -> None:
+        offset = self._offset(address, size)
+        if offset is None:
+            self.inner.commit(address, size)
+            return
+        if self.forked or self.closed:
+            who = "a forked child of the owner" if self.forked else "a closed owner"
+            raise PlatformError(
+                "mmap",
+                f"{address:#x}, {size}, shared",
+                errno.EPERM,
+                f"{who} may not write the shared memory",
+                exhausted=False,
+            )
+        self.sharing.map(address, size, self.handle, offset, writable=True)
+        self.busy.update(self._units(offset, size))
+
+    def decommit(self, address: int, size: int) -> None:
+        offset = self._offset(address, size)
+        self.inner.decommit(address, size)
+        if offset is None:
+            return
+        if not (self.forked or self.closed):
+            self.sharing.punch(self.handle, offset, size)
+        self.busy.difference_update(self._units(offset, size, whole=True))
+
+    # -- sharing ------------------------------------------------------------------------
+
+    def handle_for(self) -> ShareHandle:
+        return ShareHandle(self.sharing.user(), self.owner, self.handle, self.nonce)
+
+    def publish(self, spans: Mapping[DimensionId, Iterable[tuple[Lease, int, int]]]) -> None:
+        """Give readers a new table: where each published layer's bytes are now.
+
+        If a reader holds the table for longer than ``LOCK_PATIENCE`` (a stopped process),
+        readers keep the previous table until a later publish gets through (``lagging``);
+        meanwhile nothing in it is reused.
+        """
+        if self.forked or self.closed or not self.control:
+            return
+        arena = self.arena
+        where = {
+            (dimension, index): lease.address + start
+            for dimension, layer_spans in spans.items()
+            for index, (lease, start, _) in enumerate(layer_spans)
+        }
+        words = array.array("Q", bytes(8 * len(arena.layers())))
+        units = set()
+        for slot, layer in enumerate(arena.layers()):
+            address = where.get((layer.dimension, layer.index))
+            if address is not None:
+                offset = self._offset(address, arena.layer_size)
+                if offset is not None:
+                    words[slot] = offset | 1
+                    units.add(arena.unit_of(offset))
+        self._write_table(words.tobytes(), 0, frozenset(units))
+
+    def finish(self) -> None:
+        """The owner closes: readers keep the last table, marked closed; nothing is reused
+        or given back from under them any more (the OS frees the arena with its last user)."""
+        if self.forked or self.closed or not self.control:
+            return
+        self.closed = True
+        arena = self.arena
+        table = ctypes.string_at(self.control + arena.table_offset, 8 * len(arena.layers()))
+        self._write_table(table, CLOSED, self.published)
+        self.sharing.unlock(self.handle, OWNER_BYTE)
+
+    def _write_table(self, table: bytes, flags: int, units: frozenset[int]) -> None:
+        with self._lock:
+            if not wait_for_lock(self.sharing, self.handle, PUBLISH_BYTE, exclusive=True):
+                self.lagging = True
+                return
+            try:
+                ctypes.memmove(self.control + self.arena.table_offset, table, len(table))
+                ctypes.c_uint64.from_address(self.control + FLAGS_OFFSET).value = flags
+                self.generation += 1
+                ctypes.c_uint64.from_address(
+                    self.control + GENERATION_OFFSET
+                ).value = self.generation
+            finally:
+                self.sharing.unlock(self.handle, PUBLISH_BYTE)
+            self.published = units
+            self.lagging = False
+
+    def pinned(self, address: int) -> bool:
+        """Whether a reader may still reach the unit at ``address``: it is in the table readers
+        have, or some open of the arena other than ours holds a pin on it."""
+        offset = self._offset(address, self.page_size)
+        if offset is None:
+            return False
+        unit = self.arena.unit_of(offset)
+        if self.forked or self.lagging or self._keep_all or unit in self.published:
+            return True
+        with self._lock:
+            return self.sharing.locked(self.handle, FIRST_PIN + unit)
+
+    # -- spare layers -------------------------------------------------------------------
+
+    def allocate_readonly(self, nbytes: int) -> tuple[int, int]:
+        """A free spare layer, committed (shared, writable) for a layer update to fill."""
+        layer = self.arena.layer_size
+        if nbytes != layer:
+            raise ValueError(f"a spare layer holds {layer} bytes, not {nbytes}")
+        if not self._free:
+            count = self.arena.spare_layers
+            raise LimitExceeded(
+                f"all {count} spare layers of the shared memory ({format_size(count * layer)}) "
+                "hold replaced layers that views still reach, in this process or in readers "
+                "attached to it; they are reused once those views are released (or their "
+                "processes exit), or give the manager more with MemoryConfig(spare_layers=…)"
+            )
+        index = self._free.pop()
+        address = self.base + self.layout.spares_offset + index * layer
+        try:
+            self.commit(address, layer)
+        except BaseException:
+            self._free.append(index)
+            raise
+        return address, layer
+
+    def owns(self, address: int) -> bool:
+        start = self.base + self.layout.spares_offset
+        return start <= address < start + self.layout.spares_size
+
+    def free(self, address: int) -> None:
+        """Give a spare layer's memory back and make it free; ``PlatformError`` keeps it."""
+        layer = self.arena.layer_size
+        self.decommit(address, layer)
+        self._free.append((address - self.base - self.layout.spares_offset) // layer)
+
+    def rollback(self, address: int) -> None:
+        """Undo ``allocate_readonly`` (best effort: a failed decommit leaves the layer out)."""
+        with contextlib.suppress(PlatformError):
+            self.free(address)
+
+    @property
+    def spares_free(self) -> int:
+        return len(self._free)
+
+    # -- addresses ----------------------------------------------------------------------
+
+    def _offset(self, address: int, size: int) -> int | None:
+        """The arena offset of a span of the reservation, if it lies in a shared part."""
+        base, layout = self.base, self.layout
+        if not base:
+            return None
+        for (spec, start), offset in zip(layout.dimensions, self.arena.offsets, strict=True):
+            low = base + start
+            if low <= address and address + size <= low + spec.size:
+                return offset + address - low
+        low = base + layout.spares_offset
+        if layout.spares_size and low <= address and address + size <= low + layout.spares_size:
+            return self.arena.spares_offset + address - low
+        return None
+
+    def _units(self, offset: int, size: int, *, whole: bool = False) -> set[int]:
+        """The units a span of the arena touches (``whole``: only those it covers)."""
+        units = set()
+        for unit in range(self.arena.units):
+            start, length = self.arena.unit_span(unit)
+            if whole:
+                if offset <= start and start + length <= offset + size:
+                    units.add(unit)
+            elif start < offset + size and offset < start + length:
+                units.add(unit)
+        return units
+
+    # -- fork ---------------------------------------------------------------------------
+
+    def before_fork(self) -> None:
+        """Pin every unit in use through a fresh open, for the child to keep.
+
+        If that fails, nothing in use now is ever reused: the child may still read it.
+        """
+        if self.forked or self.handle < 0 or not self.busy:
+            return
+        pins = -1
+        try:
+            pins = self.sharing.reopen(os.getpid(), self.handle)
+            for unit in sorted(self.busy):
+                if not self.sharing.lock(pins, FIRST_PIN + unit, exclusive=False):
+                    raise OSError(errno.EAGAIN, "pin refused")
+        except OSError:
+            self._keep_all = True
+            if pins >= 0:
+                self.sharing.close(pins)
+            return
+        self._fork_pins = pins
+
+    def after_fork_in_parent(self) -> None:
+        pins, self._fork_pins = self._fork_pins, -1
+        if pins >= 0:
+            self.sharing.close(pins)
+
+    def after_fork_in_child(self) -> None:
+        self.forked = True
+        self.control = 0  # not inherited (MADV_DONTFORK)
+        handle, self.handle = self.handle, -1
+        if handle >= 0:
+            self.sharing.close(handle)
+
+
+class AttachedArena(_Over, ForkAware):
+    """A reader's side: the arena mapped read-only into a reservation laid out like the
+    owner's, its control area, and this process's open of it, which holds its pins.
+
+    Pins are shared byte locks of that open. Across ``fork`` the child gets an open of its
+    own holding the same pins, so what either process lets go of, the other keeps.
+    """
+
+    def __init__(
+        self,
+        inner: VirtualMemory,
+        sharing: SharedMemory,
+        handle: int,
+        layout: Layout,
+        arena: ArenaLayout,
+    ) -> None:
+        super().__init__(inner)
+        self.sharing = sharing
+        self.handle = handle
+        self.layout = layout
+        self.arena = arena
+        self.base = 0
+        self.control = 0
+        self.pins: set[int] = set()
+        self.orphaned = False
+        self._fork_pins = -1
+        self._lock = ForkSafeLock()
+        self._released = self._forgotten = False
+
+    def reserve(self, size: int, alignment: int = 0) -> int:
+        """Reserve the address space and map the control area and every unit read-only."""
+        sharing, arena, layout = self.sharing, self.arena, self.layout
+        control = sharing.map(None, arena.control_size, self.handle, 0, writable=False)
+        base = 0
+        try:
+            base = self.inner.reserve(size, alignment)
+            for (spec, start), offset in zip(layout.dimensions, arena.offsets, strict=True):
+                sharing.map(base + start, spec.size, self.handle, offset, writable=False)
+            if layout.spares_size:
+                spares, size_ = base + layout.spares_offset, layout.spares_size
+                sharing.map(spares, size_, self.handle, arena.spares_offset, writable=False)
+        except BaseException:
+            if base:
+                self.inner.release(base, size)
+            sharing.unmap(control, arena.control_size)
+            raise
+        self.base, self.control = base, control
+        watch_fork(self)
+        return base
+
+    def release(self, address: int, size: int) -> None:
+        """Unmap everything and close the open: this process's pins go with it.
+
+        Where the control area was stays readable (private zeros, so the generation a late
+        reader compares never matches) until ``forget``: a thread may be about to read it.
+        """
+        try:
+            self.inner.release(address, size)
+        finally:
+            with self._lock:
+                self._released = True
+                control, size = self.control, self.arena.control_size
+                if self._forgotten:
+                    self.sharing.unmap(control, size)
+                else:
+                    self.inner.decommit(control, size)
+                    self.inner.commit(control, size)
+            handle, self.handle = self.handle, -1
+            self.pins.clear()
+            if handle >= 0:
+                self.sharing.close(handle)
+
+    def forget(self) -> None:
+        """Nothing reads the control area any more (its reader object is gone)."""
+        with self._lock:
+            self._forgotten = True
+            if self._released and self.control:
+                self.inner.release(self.control, self.arena.control_size)
+                self.control = 0
+
+    def unit_address(self, unit: int) -> int:
+        """Where a unit is mapped in this process."""
+        count = len(self.layout.dimensions)
+        if unit < count:
+            return self.base + self.layout.dimensions[unit][1]
+        return self.base + self.layout.spares_offset + (unit - count) * self.arena.layer_size
+
+    def pin(self, unit: int) -> bool:
+        if self.sharing.lock(self.handle, FIRST_PIN + unit, exclusive=False):
+            self.pins.add(unit)
+            return True
+        return False
+
+    def unpin(self, unit: int) -> None:
+        self.pins.discard(unit)
+        self.sharing.unlock(self.handle, FIRST_PIN + unit)
+
+    def before_fork(self) -> None:
+        """Hold this process's pins again through a fresh open, for the child."""
+        if self.handle < 0:
+            return
+        pins = -1
+        try:
+            pins = self.sharing.reopen(os.getpid(), self.handle)
+            for unit in sorted(self.pins):
+                if not self.sharing.lock(pins, FIRST_PIN + unit, exclusive=False):
+                    raise OSError(errno.EAGAIN, "pin refused")
+        except OSError:
+            if pins >= 0:
+                self.sharing.close(pins)
+            pins = -1
+        self._fork_pins = pins
+
+    def after_fork_in_parent(self) -> None:
+        pins, self._fork_pins = self._fork_pins, -1
+        if pins >= 0:
+            self.sharing.close(pins)
+
+    def after_fork_in_child(self) -> None:
+        """The child pins through its own open; if it could not get one, it is ``orphaned``."""
+        pins, self._fork_pins = self._fork_pins, -1
+        if pins < 0:
+            self.orphaned = True  # its pins are the parent's: it must not make new views
+            return
+        handle, self.handle = self.handle, pins
+        self.sharing.close(handle)

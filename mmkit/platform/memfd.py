@@ -1,0 +1,162 @@
+"""Linux shared memory: a sealed memfd, opened read-only by other processes, and OFD locks.
+
+A memfd is anonymous shared memory with no name anywhere: it lives while some process has it
+open or mapped, and goes with the last of them, however they die. Its size is sealed
+(``F_SEAL_SHRINK | F_SEAL_GROW``), so no process can truncate it under a reader's mapping
+(the ``SIGBUS`` that ``/dev/shm`` users meet). Other processes of the same user open it
+through ``/proc/<pid>/fd/<n>`` with ``O_RDONLY``: a new open file description that the
+kernel refuses to map writable (``EACCES``), even through ``mprotect``.
+
+Locks are open-file-description locks (``F_OFD_SETLK``): they belong to one open of the file,
+not to a process, so two opens in one process conflict like two processes do, and they vanish
+when the last descriptor of that open closes: a killed process drops its locks.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+import struct
+import sys
+
+from mmkit.platform.base import PlatformError
+from mmkit.platform.posix import PosixMemory
+
+assert sys.platform == "linux"
+
+import fcntl  # noqa: E402  (after the platform assertion, which mypy reads)
+
+MFD_CLOEXEC = 0x1
+MFD_ALLOW_SEALING = 0x2
+FALLOC_FL_KEEP_SIZE = 0x1
+FALLOC_FL_PUNCH_HOLE = 0x2
+SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+NAME = "mmkit-arena"
+"""What ``/proc/<pid>/fd/<n>`` links to: ``/memfd:mmkit-arena (deleted)``."""
+
+_FLOCK = struct.Struct("@hhqqi4x")  # struct flock: type, whence, start, len, pid
+_LOCK_FAILED = frozenset({errno.EAGAIN, errno.EACCES})
+
+
+def _error(call: str, arguments: str, exc: OSError) -> PlatformError:
+    code = exc.errno or errno.EIO
+    return PlatformError(
+        call,
+        arguments,
+        code,
+        os.strerror(code),
+        exhausted=code in (errno.ENOMEM, errno.ENOSPC, errno.EMFILE, errno.ENFILE),
+    )
+
+
+class MemfdSharing:
+    """``SharedMemory`` for Linux: memfd, ``/proc`` reopening, OFD byte locks."""
+
+    name = "memfd"
+
+    def __init__(self, memory: PosixMemory) -> None:
+        self.memory = memory
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._fallocate = libc.fallocate
+        self._fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        self._fallocate.restype = ctypes.c_int
+
+    def create(self, size: int) -> int:
+        """A new sealed-size memfd of ``size`` zero bytes, open read-write, close-on-exec."""
+        try:
+            fd = os.memfd_create(NAME, MFD_CLOEXEC | MFD_ALLOW_SEALING)
+        except OSError as exc:
+            raise _error("memfd_create", f"{NAME!r}, MFD_CLOEXEC|MFD_ALLOW_SEALING", exc) from None
+        try:
+            os.ftruncate(fd, size)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+        except OSError as exc:
+            os.close(fd)
+            raise _error("ftruncate+F_ADD_SEALS", f"{fd}, {size}", exc) from None
+        return fd
+
+    def target(self, pid: int, handle: int) -> str:
+        """What another process's descriptor refers to (``/memfd:…``), for checking first."""
+        return os.readlink(f"/proc/{pid}/fd/{handle}")
+
+    def reopen(self, pid: int, handle: int) -> int:
+        """A read-only descriptor of our own for another process's shared memory.
+
+        ``O_NONBLOCK`` so that a recycled descriptor number naming a FIFO cannot block; the
+        caller checks that the result is what it expected. ``OSError`` as the kernel says.
+        """
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+        fd = os.open(f"/proc/{pid}/fd/{handle}", flags)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 0:
+                raise OSError(errno.EINVAL, "not anonymous shared memory")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def size(self, handle: int) -> int:
+        return os.fstat(handle).st_size
+
+    def read(self, handle: int, offset: int, size: int) -> bytes:
+        return os.pread(handle, size, offset)
+
+    def user(self) -> int:
+        return os.geteuid()
+
+    def seals(self, handle: int) -> int:
+        return fcntl.fcntl(handle, fcntl.F_GET_SEALS)
+
+    def map(
+        self, address: int | None, size: int, handle: int, offset: int, *, writable: bool
+    ) -> int:
+        return self.memory.map_file(address, size, handle, offset, writable=writable)
+
+    def unmap(self, address: int, size: int) -> None:
+        self.memory.unmap(address, size)
+
+    def punch(self, handle: int, offset: int, size: int) -> None:
+        """Free the memory behind a span of the file; it reads as zero afterwards."""
+        mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+        if self._fallocate(handle, mode, offset, size) != 0:
+            code = ctypes.get_errno()
+            raise PlatformError(
+                "fallocate",
+                f"{handle}, PUNCH_HOLE|KEEP_SIZE, {offset:#x}, {size}",
+                code,
+                os.strerror(code),
+                exhausted=False,
+            )
+
+    def lock(self, handle: int, byte: int, *, exclusive: bool) -> bool:
+        """Lock one byte of the file for this open, without waiting: False if another has it."""
+        kind = fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK
+        try:
+            fcntl.fcntl(handle, fcntl.F_OFD_SETLK, _FLOCK.pack(kind, os.SEEK_SET, byte, 1, 0))
+        except OSError as exc:
+            if exc.errno in _LOCK_FAILED:
+                return False
+            raise _error("fcntl", f"{handle}, F_OFD_SETLK, byte {byte}", exc) from None
+        return True
+
+    def unlock(self, handle: int, byte: int) -> None:
+        request = _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, byte, 1, 0)
+        try:
+            fcntl.fcntl(handle, fcntl.F_OFD_SETLK, request)
+        except OSError as exc:
+            raise _error("fcntl", f"{handle}, F_OFD_SETLK F_UNLCK, byte {byte}", exc) from None
+
+    def locked(self, handle: int, byte: int) -> bool:
+        """Whether another open of the file holds a lock on ``byte`` (any kind)."""
+        request = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, byte, 1, 0)
+        try:
+            answer = fcntl.fcntl(handle, fcntl.F_OFD_GETLK, request)
+        except OSError as exc:
+            raise _error("fcntl", f"{handle}, F_OFD_GETLK, byte {byte}", exc) from None
+        return bool(_FLOCK.unpack(answer)[0] != fcntl.F_UNLCK)
+
+    def close(self, handle: int) -> None:
+        os.close(handle)
