@@ -1,8 +1,10 @@
 """A loaded dimension: the leases behind its bytes, what readers read, its provenance.
 
-A layer's bytes live in the dimension's region until the layer is updated; then they live in
-a copy in the pool (read-copy-update). Each span is a ``Lease``. The manager publishes one
-view per layer, and each layer's span (its lease, offset and size). Under a GIL readers get
+A layer's bytes live in its *home*, its span of the dimension's region, until the layer is
+updated; then they live in a copy in the pool, or in a spare layer of shared memory
+(read-copy-update). Each home and each copy is a ``Lease``, so what views reach is known layer
+by layer. The manager publishes one view per layer, and each layer's span (its lease, offset
+and size). Under a GIL readers get
 slices of the published views; on free-threaded builds each read is an export of its own
 from the span (see ``layer_view``). Either way, withdrawing the published views and then
 finding every lease without exports is the exact test that no reader can reach the memory.
@@ -64,9 +66,8 @@ class LoadedDimension:
     """
 
     __slots__ = (
-        "_base_view",
-        "base",
         "copies",
+        "homes",
         "provenance",
         "region",
         "spans",
@@ -75,16 +76,13 @@ class LoadedDimension:
         "views",
     )
 
-    def __init__(
-        self, spec: DimensionSpec, region: Region, base: Lease, provenance: Provenance | None
-    ) -> None:
+    def __init__(self, spec: DimensionSpec, region: Region, provenance: Provenance | None) -> None:
         self.spec = spec
         self.region = region
-        self.base = base
+        self.homes = [self._home(index) for index in range(region.layer_count)]
         self.copies: dict[int, Lease] = {}
         self.provenance = provenance
         self.version = 0
-        self._base_view: memoryview | None = None
         self.views: tuple[memoryview, ...] = ()
         self.spans: tuple[Span, ...] = ()
         self.publish()
@@ -94,27 +92,22 @@ class LoadedDimension:
         """Bytes of memory the dimension's data takes: its region and its layer copies."""
         return self.region.size + sum(copy.size for copy in self.copies.values())
 
+    def _home(self, index: int) -> Lease:
+        return Lease(self.region.layer_address(index), self.region.layer_size)
+
     def leases(self) -> list[Lease]:
-        return [self.base, *self.copies.values()]
+        return [*self.homes, *self.copies.values()]
+
+    def current(self, index: int) -> Lease:
+        """The lease of a layer's current bytes: its copy if it has one, else its home."""
+        return self.copies.get(index) or self.homes[index]
 
     def publish(self) -> None:
-        """Make the per-layer views readers slice (one export of the region, one per copy)
+        """Make the per-layer views readers slice (one export of each layer's current lease)
         and the per-layer spans."""
-        base = self.base.view()
-        size = self.region.layer_size
-        self._base_view = base
-        self.views = tuple(
-            self.copies[index].view()
-            if index in self.copies
-            else base[index * size : (index + 1) * size]
-            for index in range(self.region.layer_count)
-        )
-        self.spans = tuple(
-            (self.copies[index], 0, size)
-            if index in self.copies
-            else (self.base, index * size, size)
-            for index in range(self.region.layer_count)
-        )
+        count, size = self.region.layer_count, self.region.layer_size
+        self.views = tuple(self.current(index).view() for index in range(count))
+        self.spans = tuple((self.current(index), 0, size) for index in range(count))
 
     def layer_view(self, index: int) -> memoryview:
         """A reader's view of one layer (``ValueError`` if its published view was released)."""
@@ -127,9 +120,6 @@ class LoadedDimension:
         """Release the published views; readers holding an old table get ``ValueError``."""
         for view in self.views:
             view.release()
-        if self._base_view is not None:
-            self._base_view.release()
-        self._base_view = None
         self.views = ()
         self.spans = ()
 
@@ -142,9 +132,11 @@ class LoadedDimension:
         closed = [lease.close() for lease in self.leases()]
         if all(closed):
             return True
-        if closed[0]:
-            self.base = Lease(self.region.address, self.region.size)
-        for (index, copy), done in zip(list(self.copies.items()), closed[1:], strict=True):
+        homes = len(self.homes)
+        for index, done in enumerate(closed[:homes]):
+            if done:
+                self.homes[index] = self._home(index)
+        for (index, copy), done in zip(list(self.copies.items()), closed[homes:], strict=True):
             if done:
                 self.copies[index] = Lease(copy.address, copy.size)
         return False
@@ -152,11 +144,15 @@ class LoadedDimension:
     def replace_layer(self, index: int, copy: Lease) -> tuple[Lease | None, memoryview]:
         """Make ``copy`` layer ``index``; return the copy it replaces and the view to release.
 
+        ``copy`` is a new copy, or the layer's home written again (a fresh lease over it).
         The caller publishes the new table first, then releases the old view, so readers
         move to the new bytes without ever meeting a released view in the current table.
         """
-        old = self.copies.get(index)
-        self.copies[index] = copy
+        old = self.copies.pop(index, None)
+        if copy.address == self.region.layer_address(index):
+            self.homes[index] = copy
+        else:
+            self.copies[index] = copy
         views = list(self.views)
         retired = views[index]
         views[index] = copy.view()

@@ -67,4 +67,4 @@ def load_region(
         provenance = Provenance(fill.absolute(), header.layer_checksums, header.identity)
     elif fill is None:
         provenance = Provenance(ZERO, zero_checksums(region.layer_count, region.layer_size))
-    return LoadedDimension(spec, region, Lease(region.address, region.size), provenance)
+    return LoadedDimension(spec, region, provenance)

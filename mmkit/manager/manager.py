@@ -42,6 +42,7 @@ from mmkit.values.errors import (
     InvalidId,
     InvalidState,
     LayerOutOfRange,
+    LimitExceeded,
     NotLoaded,
     OwnsMemory,
     from_os_error,
@@ -357,11 +358,19 @@ class MmapManager(OwnsMemory):
             source.release()
 
     def _publish_copy(self, spec: DimensionSpec, index: int, source: memoryview) -> None:
+        if self._spans.arena is not None and self._rewrite_home(spec, index, source):
+            return
         pool = self._spans.arena or self._pool  # a shared manager's copies go to spare layers
         assert pool is not None
         size = source.nbytes
         try:
-            address, block = pool.allocate_readonly(size)
+            try:
+                address, block = pool.allocate_readonly(size)
+            except LimitExceeded:
+                if self._spans.arena is None:
+                    raise
+                self._move_copies_home()
+                address, block = pool.allocate_readonly(size)
         except PlatformError as exc:
             raise from_os_error(exc, f"making room for {LayerId(spec.id, index)}") from None
         try:
@@ -378,6 +387,49 @@ class MmapManager(OwnsMemory):
             raise
         self._published.replace_layer(spec.id, index, Lease(address, size))
         self._residency.data += block
+
+    def _move_copies_home(self) -> None:
+        """Move updated layers back into their homes where nothing reaches the old bytes
+        there, and give back the spare layers that frees (a shared manager out of them)."""
+        arena = self._spans.arena
+        assert arena is not None
+        for loaded in list(self._published.loaded.values()):
+            for index, copy in list(loaded.copies.items()):
+                if arena.owns(copy.address):
+                    source = scratch_view(copy.address, copy.size)
+                    try:
+                        self._rewrite_home(loaded.spec, index, source)
+                    finally:
+                        source.release()
+        self._residency.reap()
+
+    def _rewrite_home(self, spec: DimensionSpec, index: int, source: memoryview) -> bool:
+        """Write an updated layer back into its home when nothing, in any process, reaches the
+        bytes there any more: True if it did. For shared managers, whose spare layers are few:
+        a layer's bytes move between its home and one spare layer."""
+        arena = self._spans.arena
+        loaded = self._published.loaded.get(spec.id)
+        if arena is None or loaded is None or index not in loaded.copies:
+            return False
+        home = loaded.homes[index]
+        if arena.pinned(home.address) or not home.close():
+            return False
+        address, size = home.address, home.size
+        try:
+            self._vm.protect(address, size, Protection.READ_WRITE)
+            try:
+                scratch = scratch_view(address, size)
+                scratch[:] = source
+                scratch.release()
+            finally:
+                self._vm.protect(address, size, Protection.READ)
+        except BaseException as exc:
+            loaded.homes[index] = Lease(address, size)
+            if isinstance(exc, PlatformError):
+                raise from_os_error(exc, f"publishing {LayerId(spec.id, index)}") from None
+            raise
+        self._published.replace_layer(spec.id, index, Lease(address, size))
+        return True
 
     def _plain_layer(self, operation: str, layer: object) -> LayerId:
         """``layer`` as a plain, validated ``LayerId`` (a subclass's own code runs here)."""

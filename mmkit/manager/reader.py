@@ -10,8 +10,10 @@ A reader pins each unit (a dimension, a spare layer) it makes views of, with a s
 on the unit's byte, before it trusts the table's word for it, and checks the generation again
 after pinning: so the owner, which reuses only units nobody pins, never changes bytes a view
 can reach. A unit's pin is held by the lease its views come from and let go, once the lease
-has no view left, when the reader next copies the table or closes. A reader that dies drops
-every pin with its descriptor.
+has no view left, at the reader's next call that is not a plain read (any call after the
+owner published, ``stats``, ``is_loaded``, ``close``). The owner publishes its table again
+when it runs out of spare layers, so readers' next reads let go of what they no longer hold.
+A reader that dies drops every pin with its descriptor.
 """
 
 from __future__ import annotations
@@ -257,18 +259,20 @@ class SharedReader(OwnsMemory):
         if self._generation.value != table.generation:
             memory.unpin(unit)
             return None
-        lease = Lease(memory.unit_address(unit), self._arena_layout.unit_span(unit)[1])
+        lease = Lease(memory.unit_address(unit), self._layer_size)
         self._leases[unit] = lease
         return lease
 
     def _refresh(self) -> _Table:
-        """The owner's current table (copied again if it published since); under the lock."""
+        """The owner's current table (copied again if it published since), having let go of
+        the pins no view needs any more; under the lock."""
         if self._closed:
             raise InvalidState("the reader is closed")
         if self._memory.orphaned:
             raise InvalidState("this forked copy of a reader could not keep its pins; attach again")
         table = self._table
         if self._generation.value == table.generation:
+            self._let_go()
             return table
         memory, arena = self._memory, self._arena_layout
         if not wait_for_lock(self._sharing, memory.handle, PUBLISH_BYTE, exclusive=False):
@@ -286,8 +290,7 @@ class SharedReader(OwnsMemory):
         for layer, word in zip(self._layers, memoryview(raw).cast("Q"), strict=True):
             offset = arena.decode_entry(word)
             if offset is not None:
-                unit = arena.unit_of(offset)
-                entries[layer] = (unit, offset - arena.unit_span(unit)[0])
+                entries[layer] = (arena.unit_of(offset), 0)
         loaded = frozenset(layer.dimension for layer in entries)
         table = _Table(generation, bool(flags & CLOSED), MappingProxyType(entries), loaded)
         self._table = table
@@ -345,7 +348,7 @@ class SharedReader(OwnsMemory):
         with self._lock:
             table = self._refresh()
             memory = self._memory
-            pinned = sum(self._arena_layout.unit_span(unit)[1] for unit in self._leases)
+            pinned = len(self._leases) * self._layer_size
             owner = self._sharing.locked(memory.handle, OWNER_BYTE)
             resident = sum(
                 memory.resident(region.address, region.size) for region in self._regions.values()

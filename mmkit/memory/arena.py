@@ -7,8 +7,9 @@ fixed header, then a description of the layout (JSON, written once), then the *t
 when the layer is not published. The owner rewrites the table and then increments the
 *generation* under an exclusive byte lock; readers copy it under a shared one.
 
-Units are what readers pin: unit ``i < len(dimensions)`` is dimension ``i``'s span, the rest
-are the spare layers. A pin is a shared lock on byte ``FIRST_PIN + unit`` of the object.
+Units are what readers pin, one layer each: first every layer's home, in table order (the
+dimensions lie one after another, so unit ``k`` is table entry ``k``'s home), then the spare
+layers. A pin is a shared lock on byte ``FIRST_PIN + unit`` of the object.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 from mmkit.platform import align_up
 from mmkit.values.config import DimensionSpec, MemoryConfig
-from mmkit.values.ids import DimensionId, LayerId
+from mmkit.values.ids import LayerId
 
 MAGIC = b"MMKITARN"
 HEADER = struct.Struct("=8sII16sQQQQ")
@@ -124,7 +125,8 @@ class ArenaLayout:
 
     @property
     def units(self) -> int:
-        return len(self.dimensions) + self.spare_layers
+        """Layer homes and spare layers: everything a reader can pin."""
+        return (self.size - self.control_size) // self.layer_size
 
     def layers(self) -> list[LayerId]:
         """Every layer, in table order."""
@@ -134,39 +136,21 @@ class ArenaLayout:
             for index in range(spec.size // self.layer_size)
         ]
 
-    def unit_span(self, unit: int) -> tuple[int, int]:
-        """Offset and size of a unit in the object."""
-        count = len(self.dimensions)
-        if unit < count:
-            return self.offsets[unit], self.dimensions[unit].size
-        return self.spares_offset + (unit - count) * self.layer_size, self.layer_size
+    def unit_offset(self, unit: int) -> int:
+        """Where a unit starts in the object."""
+        return self.control_size + unit * self.layer_size
 
     def unit_of(self, offset: int) -> int:
-        """The unit whose span holds ``offset``; ``ValueError`` if none does."""
-        if self.spares_offset <= offset < self.size:
-            return len(self.dimensions) + (offset - self.spares_offset) // self.layer_size
-        for unit, (start, spec) in enumerate(zip(self.offsets, self.dimensions, strict=True)):
-            if start <= offset < start + spec.size:
-                return unit
-        raise ValueError(f"offset {offset:#x} is not in any unit of the arena")
-
-    def dimension_unit(self, dimension: DimensionId) -> int:
-        for unit, spec in enumerate(self.dimensions):
-            if spec.id == dimension:
-                return unit
-        raise ValueError(f"no dimension {dimension} in the arena")
+        """The unit that holds ``offset``."""
+        return (offset - self.control_size) // self.layer_size
 
     def decode_entry(self, entry: int) -> int | None:
         """The offset of a layer's bytes from its table word; None if not published or if
-        the word does not name a whole layer inside one unit."""
+        the word does not name a unit."""
         if not entry & 1:
             return None
         offset = entry & ~1
         inside = self.control_size <= offset <= self.size - self.layer_size
-        if offset % self.page_size or not inside:
-            return None
-        unit = self.unit_of(offset)
-        start, size = self.unit_span(unit)
-        if (offset - start) % self.layer_size or offset + self.layer_size > start + size:
+        if not inside or (offset - self.control_size) % self.layer_size:
             return None
         return offset

@@ -254,6 +254,15 @@ class SharedArena(_Over, ForkAware):
         self._write_table(table, CLOSED, self.published)
         self.sharing.unlock(self.handle, OWNER_BYTE)
 
+    def nudge(self) -> None:
+        """Publish the same table again: every reader's next call then lets go of the pins
+        no view of it needs any more (readers look at their pins when the table changes)."""
+        if self.forked or self.closed or not self.control:
+            return
+        arena = self.arena
+        table = ctypes.string_at(self.control + arena.table_offset, 8 * len(arena.layers()))
+        self._write_table(table, 0, self.published)
+
     def _write_table(self, table: bytes, flags: int, units: frozenset[int]) -> None:
         with self._lock:
             if not wait_for_lock(self.sharing, self.handle, PUBLISH_BYTE, exclusive=True):
@@ -291,12 +300,14 @@ class SharedArena(_Over, ForkAware):
         if nbytes != layer:
             raise ValueError(f"a spare layer holds {layer} bytes, not {nbytes}")
         if not self._free:
+            self.nudge()
             count = self.arena.spare_layers
             raise LimitExceeded(
                 f"all {count} spare layers of the shared memory ({format_size(count * layer)}) "
                 "hold replaced layers that views still reach, in this process or in readers "
-                "attached to it; they are reused once those views are released (or their "
-                "processes exit), or give the manager more with MemoryConfig(spare_layers=…)"
+                "attached to it; each is reused once its views are released and their reader "
+                "has called mmkit again (or has exited); or give the manager more with "
+                "MemoryConfig(spare_layers=…)"
             )
         index = self._free.pop()
         address = self.base + self.layout.spares_offset + index * layer
@@ -342,17 +353,15 @@ class SharedArena(_Over, ForkAware):
             return self.arena.spares_offset + address - low
         return None
 
-    def _units(self, offset: int, size: int, *, whole: bool = False) -> set[int]:
+    def _units(self, offset: int, size: int, *, whole: bool = False) -> range:
         """The units a span of the arena touches (``whole``: only those it covers)."""
-        units = set()
-        for unit in range(self.arena.units):
-            start, length = self.arena.unit_span(unit)
-            if whole:
-                if offset <= start and start + length <= offset + size:
-                    units.add(unit)
-            elif start < offset + size and offset < start + length:
-                units.add(unit)
-        return units
+        arena = self.arena
+        first = arena.unit_of(offset)
+        last = arena.unit_of(offset + size - 1)
+        if whole:
+            first += offset != arena.unit_offset(first)
+            last -= offset + size != arena.unit_offset(last + 1)
+        return range(first, last + 1)
 
     # -- fork ---------------------------------------------------------------------------
 
@@ -471,10 +480,11 @@ class AttachedArena(_Over, ForkAware):
 
     def unit_address(self, unit: int) -> int:
         """Where a unit is mapped in this process."""
-        count = len(self.layout.dimensions)
-        if unit < count:
-            return self.base + self.layout.dimensions[unit][1]
-        return self.base + self.layout.spares_offset + (unit - count) * self.arena.layer_size
+        offset = self.arena.unit_offset(unit)
+        for (spec, start), home in zip(self.layout.dimensions, self.arena.offsets, strict=True):
+            if home <= offset < home + spec.size:
+                return self.base + start + offset - home
+        return self.base + self.layout.spares_offset + offset - self.arena.spares_offset
 
     def pin(self, unit: int) -> bool:
         if self.sharing.lock(self.handle, FIRST_PIN + unit, exclusive=False):

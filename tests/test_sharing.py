@@ -1,0 +1,674 @@
+"""Sharing across processes: one owner, readers in any process, read-copy-update between them.
+
+Each scenario that involves another process runs it for real (a subprocess, multiprocessing
+with spawn, fork and forkserver, a forked child) with a timeout, and asserts on its exit code
+and on what it read. Leaks are checked against the whole system: ``/proc/*/maps`` and
+``/proc/*/fd`` of every process.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import mmkit
+from mmkit import (
+    AttachError,
+    DimensionId,
+    InvalidState,
+    LayerId,
+    LimitExceeded,
+    MemoryConfig,
+    MmapManager,
+    MmkitError,
+    NotCopyable,
+    NotLoaded,
+    ShareHandle,
+)
+from mmkit.platform import PAGE_SIZE
+from tests.conftest import ROOT, run_python, small_config
+from tests.osprobe import crashed, describe
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"),
+    reason="mmkit shares memory between processes on Linux only so far (memfd, /proc)",
+)
+
+ARENA = "memfd:mmkit-arena"
+
+
+def stamp(layer: LayerId, version: int) -> bytes:
+    """A layer's bytes for one version: its id and version in every 8 bytes."""
+    return bytes([layer.dimension, layer.index, version % 256, 0xA5] * 2) * (PAGE_SIZE // 8)
+
+
+def shared_config(**overrides: object) -> MemoryConfig:
+    fields: dict[str, object] = {"shared": True, "spare_layers": 4}
+    fields.update(overrides)
+    return small_config(**fields)
+
+
+@pytest.fixture
+def owner() -> Iterator[MmapManager]:
+    with MmapManager(shared_config()) as mgr:
+        for spec in mgr.config.dimensions:
+            count = spec.size // PAGE_SIZE
+            data = b"".join(stamp(LayerId(spec.id, i), 0) for i in range(count))
+            mgr.load_dimension(spec.id, data)
+        yield mgr
+
+
+def every_layer(config: MemoryConfig) -> list[LayerId]:
+    return [
+        LayerId(spec.id, index)
+        for spec in config.dimensions
+        for index in range(spec.size // config.layer_size)
+    ]
+
+
+def arena_users() -> list[str]:
+    """Every process that maps or holds an mmkit arena, as ``pid:where``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if ARENA in (entry / "maps").read_text():
+                found.append(f"{entry.name}:maps")
+            for fd in (entry / "fd").iterdir():
+                if ARENA in os.readlink(fd):
+                    found.append(f"{entry.name}:fd")
+                    break
+        except OSError:
+            continue  # exited meanwhile, or not ours to read
+    return found
+
+
+def shmem_kib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("Shmem:"):
+            return int(line.split()[1])
+    raise AssertionError("no Shmem line in /proc/meminfo")
+
+
+# -- handles and tokens ------------------------------------------------------------------------
+
+
+def test_a_handle_is_a_short_token_that_pickles_and_parses_back(owner: MmapManager) -> None:
+    handle = owner.share()
+    token = str(handle)
+    assert len(token) < 4096
+    assert token == token.strip() and " " not in token
+    assert ShareHandle.parse(token) == handle
+    assert pickle.loads(pickle.dumps(handle)) == handle
+    assert owner.share() == handle  # reusable: the same memory, any number of times
+
+
+def test_share_needs_a_shared_manager() -> None:
+    with MmapManager(small_config()) as mgr, pytest.raises(InvalidState, match="shared=True"):
+        mgr.share()
+
+
+def test_share_after_close_is_refused() -> None:
+    mgr = MmapManager(shared_config())
+    mgr.close()
+    with pytest.raises(InvalidState, match="closed"):
+        mgr.share()
+
+
+@pytest.mark.parametrize(
+    ("token", "problem"),
+    [
+        ("", "not a share token"),
+        ("garbage", "not a share token"),
+        ("mmkit-share-1:0:1:2", "not a share token"),
+        ("mmkit-share-9:0:1:2:" + "0" * 32, "share format 9"),
+        ("mmkit-share-1:0:0:3:" + "0" * 32, "process id 0"),
+        ("mmkit-share-1:0:1:3:" + "g" * 32, "not a share token"),
+        ("x" * 100_000, "too long"),
+        (b"mmkit-share-1", "not bytes"),
+        (None, "not NoneType"),
+    ],
+)
+def test_a_malformed_token_is_an_attach_error_at_once(token: object, problem: str) -> None:
+    with pytest.raises(AttachError, match=problem.replace("not bytes", "bytes")):
+        mmkit.attach(token)
+
+
+def test_a_token_of_an_exited_process_is_refused() -> None:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+    token = f"mmkit-share-1:{os.geteuid()}:{child.stdout.strip()}:3:{'0' * 32}"
+    with pytest.raises(AttachError, match=r"does not exist|not mmkit"):
+        mmkit.attach(token)
+
+
+@pytest.mark.parametrize("which", ["stdin", "a file", "a fifo", "another arena"])
+def test_a_token_whose_number_names_something_else_is_refused(
+    which: str, tmp_path: Path, owner: MmapManager
+) -> None:
+    handle = owner.share()
+    if which == "stdin":
+        fd = os.dup(0)
+    elif which == "a file":
+        fd = os.open(tmp_path / "file", os.O_RDWR | os.O_CREAT)
+    elif which == "a fifo":
+        os.mkfifo(tmp_path / "fifo")
+        fd = os.open(tmp_path / "fifo", os.O_RDWR | os.O_NONBLOCK)
+    else:
+        other = MmapManager(shared_config())
+        fd = other.share().handle
+    try:
+        forged = ShareHandle(handle.uid, handle.pid, fd, handle.nonce)
+        with pytest.raises(AttachError, match=r"not mmkit|another manager"):
+            mmkit.attach(forged)
+    finally:
+        if which == "another arena":
+            other.close()
+        else:
+            os.close(fd)
+
+
+def test_a_token_with_the_wrong_nonce_is_refused(owner: MmapManager) -> None:
+    handle = owner.share()
+    forged = ShareHandle(handle.uid, handle.pid, handle.handle, "f" * 32)
+    with pytest.raises(AttachError, match="another manager"):
+        mmkit.attach(forged)
+
+
+def test_another_users_token_is_refused_before_anything_is_opened(owner: MmapManager) -> None:
+    handle = owner.share()
+    forged = ShareHandle(handle.uid + 1, handle.pid, handle.handle, handle.nonce)
+    with pytest.raises(AttachError, match="only the same user"):
+        mmkit.attach(forged)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root")
+def test_another_user_cannot_attach(owner: MmapManager) -> None:
+    code = f"""
+        import os, mmkit
+        os.setgid(65534); os.setuid(65534)
+        handle = mmkit.ShareHandle.parse({str(owner.share())!r})
+        try:
+            mmkit.attach(mmkit.ShareHandle(65534, handle.pid, handle.handle, handle.nonce))
+        except mmkit.AttachError as exc:
+            print("refused:", exc)
+        else:
+            raise SystemExit("attached as another user")
+    """
+    result = run_python(code, timeout=60, measured=False)
+    assert result.returncode == 0, result.stderr
+    assert "refused: not allowed to open" in result.stdout
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def test_a_reader_sees_the_owners_layers_zero_copy_and_read_only(owner: MmapManager) -> None:
+    with mmkit.attach(owner.share()) as reader:
+        assert [r.id for r in reader.regions()] == [r.id for r in owner.regions()]
+        assert [(r.name, r.size) for r in reader.regions()] == [
+            (r.name, r.size) for r in owner.regions()
+        ]
+        for layer in every_layer(owner.config):
+            view = reader.access_layer(layer)
+            assert view.readonly and view.format == "B"
+            assert bytes(view) == stamp(layer, 0)
+            view.release()
+        assert reader.is_loaded(DimensionId(2))
+        stats = reader.stats()
+        assert stats.owner_alive and not stats.owner_closed
+        assert stats.loaded == tuple(spec.id for spec in owner.config.dimensions)
+
+
+def test_an_update_is_seen_by_the_next_access_and_old_views_keep_their_bytes(
+    owner: MmapManager,
+) -> None:
+    layer = LayerId(1, 2)
+    with mmkit.attach(owner.share()) as reader:
+        before = reader.access_layer(layer)
+        for version in range(1, 12):  # more than the spare layers: they are reused
+            owner.update_layer(layer, stamp(layer, version))
+            now = reader.access_layer(layer)
+            assert bytes(now) == stamp(layer, version)
+            now.release()
+        assert bytes(before) == stamp(layer, 0)
+
+
+def test_a_reader_sees_dimensions_loaded_after_it_attached() -> None:
+    with MmapManager(shared_config()) as mgr, mmkit.attach(mgr.share()) as reader:
+        assert not reader.is_loaded(DimensionId(2))
+        with pytest.raises(NotLoaded, match="not loaded in the owner"):
+            reader.access_layer(LayerId(2, 0))
+        mgr.load_dimension(DimensionId(2), stamp(LayerId(2, 0), 0) * 2)
+        assert bytes(reader.access_layer(LayerId(2, 1))) == stamp(LayerId(2, 0), 0)
+
+
+def test_bad_layers_get_the_managers_errors(owner: MmapManager) -> None:
+    with mmkit.attach(owner.share()) as reader:
+        with pytest.raises(mmkit.LayerOutOfRange):
+            reader.access_layer(LayerId(2, 5))
+        with pytest.raises(mmkit.UnknownDimension):
+            reader.access_layer(LayerId(9, 0))
+        with pytest.raises(mmkit.InvalidId):
+            reader.access_layer((1, 0))  # type: ignore[arg-type]
+
+
+def test_a_reader_cannot_be_copied_or_pickled(owner: MmapManager) -> None:
+    import copy
+
+    with mmkit.attach(owner.share()) as reader:
+        with pytest.raises(NotCopyable):
+            copy.copy(reader)
+        with pytest.raises(NotCopyable):
+            pickle.dumps(reader)
+
+
+def test_a_closed_reader_refuses_and_its_views_keep_their_bytes(owner: MmapManager) -> None:
+    reader = mmkit.attach(owner.share())
+    view = reader.access_layer(LayerId(3, 1))
+    reader.close()
+    reader.close()
+    with pytest.raises(InvalidState, match="closed"):
+        reader.access_layer(LayerId(3, 1))
+    with pytest.raises(InvalidState, match="closed"):
+        reader.stats()
+    owner.update_layer(LayerId(3, 1), stamp(LayerId(3, 1), 7))
+    assert bytes(view) == stamp(LayerId(3, 1), 0)
+    del view
+    gc.collect()
+
+
+# -- pins: what readers reach is never reused ------------------------------------------------
+
+
+def test_views_of_replaced_layers_hold_spare_layers_until_released(owner: MmapManager) -> None:
+    layer = LayerId(1, 0)
+    with mmkit.attach(owner.share()) as reader:
+        held = []
+        with pytest.raises(LimitExceeded, match="spare layers") as raised:
+            for version in range(1, 10):
+                owner.update_layer(layer, stamp(layer, version))
+                held.append(reader.access_layer(layer))
+        assert isinstance(raised.value, MemoryError)
+        assert [bytes(v) for v in held] == [stamp(layer, n + 1) for n in range(len(held))]
+        for view in held:
+            view.release()
+        reader.access_layer(LayerId(2, 0)).release()  # the reader lets go at its next call
+        owner.update_layer(layer, stamp(layer, 50))
+        assert bytes(reader.access_layer(layer)) == stamp(layer, 50)
+
+
+def test_eviction_leaves_what_a_reader_holds(tmp_path: Path) -> None:
+    config = shared_config(data_dir=tmp_path)
+    mmkit.generate_dataset(tmp_path, config)
+    with MmapManager(config) as mgr, mmkit.attach(mgr.share()) as reader:
+        mgr.load_dimension(DimensionId(1))
+        view = reader.access_layer(LayerId(1, 0))
+        expected = bytes(view)
+        assert not mgr.evict(DimensionId(1))
+        assert mgr.stats().loaded == (DimensionId(1),)
+        view.release()
+        reader.access_layer(LayerId(1, 0)).release()  # pinned again, and let go of
+        reader.stats()  # a call after the owner published: the idle pin goes
+        assert mgr.evict(DimensionId(1))
+        with pytest.raises(NotLoaded, match="evicted"):
+            reader.access_layer(LayerId(1, 0))
+        assert bytes(mgr.access_layer(LayerId(1, 0))) == expected  # the owner loads it again
+        assert bytes(reader.access_layer(LayerId(1, 0))) == expected
+
+
+# -- across processes --------------------------------------------------------------------------
+
+
+def _verify_in_child(token: str, layers: list[LayerId], version: int) -> int:
+    reader = mmkit.attach(token)
+    for layer in layers:
+        if bytes(reader.access_layer(layer)) != stamp(layer, version):
+            return 1
+    reader.close()
+    return 0
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_multiprocessing_children_attach_with_the_pickled_handle(
+    method: str, owner: MmapManager
+) -> None:
+    context = multiprocessing.get_context(method)
+    layers = every_layer(owner.config)
+    with context.Pool(2) as pool:
+        results = pool.starmap_async(
+            _verify_in_child, [(owner.share(), layers, 0), (str(owner.share()), layers, 0)]
+        ).get(timeout=60)
+    assert results == [0, 0]
+
+
+def test_an_unrelated_process_attaches_with_the_token(owner: MmapManager) -> None:
+    layer = LayerId(3, 2)
+    owner.update_layer(layer, stamp(layer, 9))
+    code = f"""
+        import mmkit, zlib
+        from mmkit import LayerId
+        reader = mmkit.attach({str(owner.share())!r})
+        print(zlib.crc32(reader.access_layer(LayerId(3, 2))))
+    """
+    result = run_python(code, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) == zlib.crc32(stamp(layer, 9))
+
+
+READER_THAT_HOLDS = """
+    import sys, mmkit
+    from mmkit import LayerId
+    reader = mmkit.attach(sys.argv[1])
+    views = [reader.access_layer(LayerId(1, 0))]
+    print("holding", flush=True)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "take":
+            views.append(reader.access_layer(LayerId(1, 0)))
+        elif command == "check":
+            print(",".join(str(v[2]) for v in views), flush=True)
+        elif command == "release":
+            views.clear()
+            reader.stats()
+        elif command == "write":
+            import ctypes
+            address = mmkit.address_of(views[0])
+            ctypes.c_char.from_address(address).value = b"X"
+        print("ok", flush=True)
+"""
+
+
+class Reader:
+    """A reader in another process, driven over its stdin."""
+
+    def __init__(self, token: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", __import__("textwrap").dedent(READER_THAT_HOLDS), token],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        assert self.line() == "holding"
+
+    def line(self) -> str:
+        assert self.process.stdout is not None
+        return self.process.stdout.readline().strip()
+
+    def send(self, command: str) -> str:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        answer = self.line()
+        if command == "check":
+            assert self.line() == "ok"
+        return answer
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.communicate(timeout=30)
+
+    def finish(self) -> int:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.communicate(timeout=30)
+        return self.process.returncode
+
+
+@pytest.mark.timeout(60)
+def test_a_reader_process_holds_replaced_layers_until_it_dies(owner: MmapManager) -> None:
+    layer = LayerId(1, 0)
+    reader = Reader(str(owner.share()))
+    try:
+        for version in range(1, 5):  # the reader takes a view of each version
+            owner.update_layer(layer, stamp(layer, version))
+            assert reader.send("take") == "ok"
+        assert reader.send("check") == "0,1,2,3,4"  # byte 2 of a stamp is its version
+        with pytest.raises(LimitExceeded, match="readers attached"):
+            owner.update_layer(layer, stamp(layer, 5))
+        assert reader.send("check") == "0,1,2,3,4"
+        reader.kill()  # its pins go with it
+        owner.update_layer(layer, stamp(layer, 5))
+        for version in range(6, 12):
+            owner.update_layer(layer, stamp(layer, version))
+    finally:
+        if reader.process.poll() is None:
+            reader.kill()
+
+
+@pytest.mark.timeout(60)
+def test_the_kernel_refuses_a_reader_that_writes(owner: MmapManager) -> None:
+    code = f"""
+        import ctypes, errno, mmap, os, mmkit
+        reader = mmkit.attach({str(owner.share())!r})
+        fd = reader._memory.handle
+        try:
+            mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except PermissionError:
+            print("writable map refused")
+        try:
+            os.pwrite(fd, b"X", 0)
+        except OSError as exc:
+            print("pwrite refused", errno.errorcode[exc.errno])
+        libc = ctypes.CDLL(None, use_errno=True)
+        view = reader.access_layer(mmkit.LayerId(1, 0))
+        address = mmkit.address_of(view)
+        libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        if libc.mprotect(address, 4096, 3) != 0:
+            print("mprotect refused", errno.errorcode[ctypes.get_errno()])
+        ctypes.c_char.from_address(address).value = b"X"
+    """
+    result = run_python(code, timeout=60, measured=False)
+    assert result.stdout.splitlines() == [
+        "writable map refused",
+        "pwrite refused EBADF",
+        "mprotect refused EACCES",
+    ]
+    assert crashed(result.returncode), describe(result.returncode)
+    view = owner.access_layer(LayerId(1, 0))
+    assert bytes(view) == stamp(LayerId(1, 0), 0)
+
+
+@pytest.mark.timeout(60)
+def test_a_reader_keeps_reading_after_its_owner_is_killed() -> None:
+    code = """
+        import sys, mmkit
+        from mmkit import LayerId, MemoryConfig, MmapManager
+        from tests.conftest import small_config
+        from tests.test_sharing import stamp
+        mgr = MmapManager(small_config(shared=True, spare_layers=4))
+        mgr.load_dimension(1, b"".join(stamp(LayerId(1, i), 0) for i in range(4)))
+        mgr.update_layer(LayerId(1, 3), stamp(LayerId(1, 3), 8))
+        print(mgr.share(), flush=True)
+        sys.stdin.read()
+    """
+    owner = subprocess.Popen(
+        [sys.executable, "-c", __import__("textwrap").dedent(code)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert owner.stdout is not None
+        token = owner.stdout.readline().strip()
+        reader = mmkit.attach(token)
+        held = reader.access_layer(LayerId(1, 0))
+        owner.kill()
+        owner.wait(timeout=30)
+        assert not reader.stats().owner_alive
+        assert bytes(held) == stamp(LayerId(1, 0), 0)
+        assert bytes(reader.access_layer(LayerId(1, 3))) == stamp(LayerId(1, 3), 8)
+        assert bytes(reader.access_layer(LayerId(1, 1))) == stamp(LayerId(1, 1), 0)
+        with pytest.raises(AttachError, match="does not exist"):
+            mmkit.attach(token)
+        held.release()
+        reader.close()
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait(timeout=30)
+    assert not [user for user in arena_users() if user.startswith(f"{os.getpid()}:")]
+
+
+def test_after_the_owner_closes_readers_keep_what_was_published() -> None:
+    mgr = MmapManager(shared_config())
+    mgr.load_dimension(DimensionId(2), stamp(LayerId(2, 0), 0) + stamp(LayerId(2, 1), 0))
+    mgr.update_layer(LayerId(2, 0), stamp(LayerId(2, 0), 1))
+    handle = mgr.share()
+    with mmkit.attach(handle) as reader:
+        mgr.close()
+        stats = reader.stats()
+        assert stats.owner_closed and not stats.owner_alive
+        assert bytes(reader.access_layer(LayerId(2, 1))) == stamp(LayerId(2, 1), 0)
+        assert bytes(reader.access_layer(LayerId(2, 0))) == stamp(LayerId(2, 0), 1)
+        with pytest.raises(NotLoaded, match="closed its manager"):
+            reader.access_layer(LayerId(1, 0))
+        with pytest.raises(AttachError):
+            mmkit.attach(handle)
+
+
+# -- fork ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_child_of_the_owner_cannot_change_what_others_see(owner: MmapManager) -> None:
+    layer = LayerId(1, 1)
+    view = owner.access_layer(layer)
+    reader = mmkit.attach(owner.share())
+    read, write = os.pipe()
+    go_read, go_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: every write refused, and its view keeps its bytes
+        code = 0
+        try:
+            os.close(read)
+            for attempt in (
+                lambda: owner.update_layer(layer, stamp(layer, 99)),
+                lambda: owner.load_dimension(DimensionId(1), b"\0" * 4 * PAGE_SIZE),
+                lambda: owner.share(),
+            ):
+                try:
+                    attempt()
+                    code |= 1
+                except MmkitError:
+                    pass
+            code |= 0 if owner.evict(DimensionId(2)) is False else 2
+            os.write(write, b"r")
+            os.read(go_read, 1)  # the parent updates the layer many times meanwhile
+            code |= 0 if bytes(view) == stamp(layer, 0) else 4
+            owner.close()
+        finally:
+            os._exit(code)
+    os.close(write)
+    assert os.read(read, 1) == b"r"
+    for version in range(1, 4):  # the child's view is pinned: spare layers still turn over
+        owner.update_layer(layer, stamp(layer, version))
+    os.write(go_write, b"g")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert bytes(reader.access_layer(layer)) == stamp(layer, 3)
+    assert bytes(owner.access_layer(layer)) == stamp(layer, 3)
+    view.release()
+    reader.close()
+
+
+# -- nothing outlives its processes ---------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("victim", ["owner during load", "owner after publish", "everyone"])
+def test_nothing_is_left_after_processes_are_killed(victim: str) -> None:
+    baseline = shmem_kib()
+    owner_code = """
+        import sys, time, mmkit
+        from mmkit import LayerId, MemoryConfig, MmapManager
+        mgr = MmapManager(MemoryConfig(shared=True))
+        mgr.load_dimension(1, b"\\x01" * (16 << 20))
+        print(mgr.share(), flush=True)
+        if sys.argv[1] == "owner during load":
+            while True:
+                for d in range(2, 15):
+                    if not mgr.is_loaded(d):
+                        mgr.load_dimension(d)
+                for d in range(2, 15):
+                    mgr.evict(d)
+        for i in range(100000):
+            mgr.update_layer(LayerId(1, i % 16), bytes([i % 256]) * (1 << 20))
+            if i == 20:
+                print("updating", flush=True)
+    """
+    owner = subprocess.Popen(
+        [sys.executable, "-c", __import__("textwrap").dedent(owner_code), victim],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True,
+    )  # fmt: skip
+    readers: list[subprocess.Popen[str]] = []
+    try:
+        assert owner.stdout is not None
+        token = owner.stdout.readline().strip()
+        readers = [Reader(token).process for _ in range(2)]
+        if victim != "owner during load":
+            assert owner.stdout.readline().strip() == "updating"
+        else:
+            time.sleep(0.3)
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(timeout=30)
+        if victim == "everyone":
+            for process in readers:
+                process.kill()
+        for process in readers:
+            if process.poll() is None:
+                assert process.stdin is not None
+                process.stdin.close()
+            process.wait(timeout=30)
+    finally:
+        for process in [owner, *readers]:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while arena_users() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert arena_users() == []
+    assert shmem_kib() - baseline < 1024 + 256  # within 1 MiB (and others' noise)
+
+
+@pytest.mark.timeout(120)
+def test_a_small_dev_shm_does_not_matter(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or not Path("/usr/bin/unshare").exists():
+        pytest.skip("needs root and unshare(1) for a private mount namespace")
+    script = tmp_path / "small.py"
+    script.write_text(
+        "import mmkit\n"
+        "from mmkit import MemoryConfig, MmapManager, LayerId\n"
+        "with MmapManager(MemoryConfig(shared=True)) as mgr:\n"
+        "    for d in range(1, 15):\n"
+        "        mgr.load_dimension(d, bytes([d]) * mgr.config.dimension(d).size)\n"
+        "    with mmkit.attach(mgr.share()) as reader:\n"
+        "        assert bytes(reader.access_layer(LayerId(1, 15))[:2]) == b'\\x01\\x01'\n"
+        "print('ok')\n"
+    )
+    command = (
+        "mount -t tmpfs -o size=1m tmpfs /dev/shm && "
+        f"df -k /dev/shm | tail -1 && {sys.executable} {script}"
+    )
+    result = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", command],
+        check=False, capture_output=True, text=True, timeout=100, cwd=ROOT,
+    )  # fmt: skip
+    if result.returncode != 0 and "unshare failed" in result.stderr:
+        pytest.skip(f"no private mount namespace here: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "ok"
+    assert " 1024 " in result.stdout.splitlines()[0]  # the 1 MiB /dev/shm was in force
