@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 
-from mmkit.platform import Advice, PlatformError, Protection, VirtualMemory
+from mmkit.platform import Advice, PlatformError, Protection, SharedMemory, VirtualMemory
 
 # What each call fails with when the OS refuses: resources for the calls that take them.
 FAILURES = {
@@ -40,9 +40,11 @@ class FaultyMemory:
         self._persistent = False
 
     def fail_at(self, n: int | None, *, persistent: bool = False) -> None:
-        """Fail the n-th call from now (None: never); with ``persistent`` every call after too."""
-        self.calls = 0
-        self.failures = 0
+        """Fail the n-th call from now; with ``persistent`` every call after too. ``None``
+        disarms, keeping the counts: how many calls the operation made."""
+        if n is not None:
+            self.calls = 0
+            self.failures = 0
         self._target = n
         self._persistent = persistent
 
@@ -52,13 +54,13 @@ class FaultyMemory:
         if target is None or self.calls < target or (self.calls > target and not self._persistent):
             return
         self.failures += 1
-        code = FAILURES[call]
+        code = FAILURES.get(call) or SHARING_FAILURES[call]
         raise PlatformError(
             call,
             ", ".join(str(a) for a in arguments),
             code,
             os.strerror(code),
-            exhausted=code in (errno.ENOMEM, errno.EAGAIN),
+            exhausted=code in (errno.ENOMEM, errno.EAGAIN, errno.EMFILE),
         )
 
     def reserve(self, size: int, alignment: int = 0) -> int:
@@ -103,3 +105,88 @@ class FaultyMemory:
 
 def _conforms(memory: FaultyMemory) -> VirtualMemory:
     return memory
+
+
+SHARING_FAILURES = {
+    "create": errno.EMFILE,
+    "target": errno.ENOENT,
+    "reopen": errno.EMFILE,
+    "size": errno.EIO,
+    "read": errno.EIO,
+    "map": errno.ENOMEM,
+    "punch": errno.EIO,
+    "lock": errno.ENOLCK,
+    "unlock": errno.ENOLCK,
+    "locked": errno.ENOLCK,
+}
+
+
+class FaultySharing:
+    """Wraps a ``SharedMemory``; its calls count, and fail, with a ``FaultyMemory``'s.
+
+    ``unmap`` and ``close`` are passed through: they give back, and cannot fail for what this
+    process mapped and opened.
+    """
+
+    def __init__(self, inner: SharedMemory, clock: FaultyMemory) -> None:
+        self.inner = inner
+        self.clock = clock
+        self.name = f"faulty-{inner.name}"
+
+    def _check(self, call: str, *arguments: object) -> None:
+        self.clock._check(call, *arguments)
+
+    def create(self, size: int) -> int:
+        self._check("create", size)
+        return self.inner.create(size)
+
+    def target(self, pid: int, handle: int) -> str:
+        self._check("target", pid, handle)
+        return self.inner.target(pid, handle)
+
+    def reopen(self, pid: int, handle: int) -> int:
+        self._check("reopen", pid, handle)
+        return self.inner.reopen(pid, handle)
+
+    def size(self, handle: int) -> int:
+        self._check("size", handle)
+        return self.inner.size(handle)
+
+    def read(self, handle: int, offset: int, size: int) -> bytes:
+        self._check("read", handle, offset, size)
+        return self.inner.read(handle, offset, size)
+
+    def user(self) -> int:
+        return self.inner.user()
+
+    def map(
+        self, address: int | None, size: int, handle: int, offset: int, *, writable: bool
+    ) -> int:
+        self._check("map", address, size, handle, offset)
+        return self.inner.map(address, size, handle, offset, writable=writable)
+
+    def unmap(self, address: int, size: int) -> None:
+        self.inner.unmap(address, size)
+
+    def punch(self, handle: int, offset: int, size: int) -> None:
+        self._check("punch", handle, offset, size)
+        self.inner.punch(handle, offset, size)
+
+    def lock(self, handle: int, byte: int, *, exclusive: bool) -> bool:
+        self._check("lock", handle, byte)
+        return self.inner.lock(handle, byte, exclusive=exclusive)
+
+    def unlock(self, handle: int, byte: int) -> None:
+        self._check("unlock", handle, byte)
+        self.inner.unlock(handle, byte)
+
+    def locked(self, handle: int, byte: int) -> bool:
+        self._check("locked", handle, byte)
+        return self.inner.locked(handle, byte)
+
+    def close(self, handle: int) -> None:
+        self.inner.close(handle)
+
+
+def _conforms_sharing(sharing: FaultySharing) -> SharedMemory:
+    return sharing

@@ -34,7 +34,14 @@ from mmkit.memory.pool import PoolAllocator
 from mmkit.memory.region import Layout, Region, Reservation, plan_layout
 from mmkit.memory.shared import SharedArena
 from mmkit.memory.views import scratch_view
-from mmkit.platform import BACKEND, SHARING, PlatformError, Protection, VirtualMemory
+from mmkit.platform import (
+    BACKEND,
+    SHARING,
+    PlatformError,
+    Protection,
+    SharedMemory,
+    VirtualMemory,
+)
 from mmkit.values.config import DimensionSpec, MemoryConfig
 from mmkit.values.errors import (
     AlreadyLoaded,
@@ -62,6 +69,7 @@ class MmapManager(OwnsMemory):
         *,
         initialize: bool = True,
         backend: VirtualMemory | None = None,
+        sharing: SharedMemory | None = None,
     ) -> None:
         if config is None:
             config = MemoryConfig()
@@ -75,12 +83,12 @@ class MmapManager(OwnsMemory):
         self._layout: Layout = plan_layout(config, vm.page_size, alignment)
         arena = None
         if config.shared:
-            if SHARING is None:
+            sharing = SHARING if sharing is None else sharing
+            if sharing is None:
                 raise ConfigError(
-                    f"shared=True: mmkit does not share memory between processes on "
-                    f"{vm.name} yet"
+                    f"shared=True: mmkit does not share memory between processes on {vm.name} yet"
                 )
-            arena = SharedArena(vm, SHARING, self._layout, ArenaLayout.plan(config, vm.page_size))
+            arena = SharedArena(vm, sharing, self._layout, ArenaLayout.plan(config, vm.page_size))
             vm = arena
         self._vm = vm
         self._guard = WriteGuard()

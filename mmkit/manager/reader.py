@@ -46,6 +46,7 @@ from mmkit.values.errors import (
     InvalidId,
     InvalidState,
     LayerOutOfRange,
+    MmkitError,
     NotLoaded,
     OwnsMemory,
     from_os_error,
@@ -85,14 +86,15 @@ class _Table(NamedTuple):
 _NOTHING = _Table(-1, False, MappingProxyType({}), frozenset())
 
 
-def attach(handle: object) -> SharedReader:
+def attach(handle: object, *, sharing: SharedMemory | None = None) -> SharedReader:
     """Attach to a shared manager: ``handle`` is its ``ShareHandle`` or ``str(handle)``.
 
     ``AttachError`` at once, nothing mapped, for a malformed or stale token, an owner that
-    has exited or closed, another user's memory or another share format.
+    has exited or closed, another user's memory or another share format. ``sharing``
+    replaces the OS's calls (for tests that make them fail).
     """
     share = ShareHandle.parse(handle)
-    sharing = SHARING
+    sharing = SHARING if sharing is None else sharing
     if sharing is None:
         raise AttachError(f"mmkit does not share memory between processes on {BACKEND.name} yet")
     user = sharing.user()
@@ -104,10 +106,10 @@ def attach(handle: object) -> SharedReader:
     fd = _open(sharing, share)
     try:
         arena = _check(sharing, fd, share)
-        return SharedReader(sharing, fd, share, arena)
     except BaseException:
         sharing.close(fd)
         raise
+    return SharedReader(sharing, fd, share, arena)  # which owns the descriptor from here
 
 
 def _open(sharing: SharedMemory, share: ShareHandle) -> int:
@@ -158,7 +160,11 @@ def _check(sharing: SharedMemory, fd: int, share: ShareHandle) -> ArenaLayout:
         )
     if flags & CLOSED:
         raise AttachError(f"the owner (process {pid}) has closed its manager")
-    if not sharing.locked(fd, OWNER_BYTE):
+    try:
+        alive = sharing.locked(fd, OWNER_BYTE)
+    except OSError as exc:
+        raise AttachError(f"cannot tell whether the owner is alive: {exc}") from None
+    if not alive:
         raise AttachError(f"the owner (process {pid}) is gone")
     try:
         description = sharing.read(fd, DESCRIPTION_OFFSET, length)
@@ -199,8 +205,11 @@ class SharedReader(OwnsMemory):
         self._memory = AttachedArena(BACKEND, sharing, fd, layout, arena)
         try:
             self._reservation = Reservation(self._memory, layout.size, layout.alignment)
-        except PlatformError as exc:
-            raise AttachError(f"mapping the shared memory: {exc}") from None
+        except BaseException as exc:
+            sharing.close(fd)
+            if isinstance(exc, PlatformError):
+                raise AttachError(f"mapping the shared memory: {exc}") from None
+            raise
         self._regions = layout.regions(self._memory.base)
         self._layers = arena.layers()
         self._generation = ctypes.c_uint64.from_address(self._memory.control + GENERATION_OFFSET)
@@ -209,8 +218,15 @@ class SharedReader(OwnsMemory):
         self._lock = ForkSafeLock(held_across_fork=True)
         self._closed = False
         weakref.finalize(self, self._memory.forget)
-        with self._lock:
-            self._refresh()
+        try:
+            with self._lock:
+                self._refresh()
+        except BaseException as exc:
+            self._closed = True
+            self._reservation.drop()
+            if isinstance(exc, MmkitError):
+                raise AttachError(f"reading the owner's table: {exc}") from None
+            raise
 
     # -- reading ------------------------------------------------------------------------
 
@@ -274,18 +290,8 @@ class SharedReader(OwnsMemory):
         if self._generation.value == table.generation:
             self._let_go()
             return table
-        memory, arena = self._memory, self._arena_layout
-        if not wait_for_lock(self._sharing, memory.handle, PUBLISH_BYTE, exclusive=False):
-            raise InvalidState(
-                f"the owner (process {self._share.pid}) has held its table for too long "
-                "(stopped?); try again"
-            )
-        try:
-            generation = self._generation.value
-            flags = ctypes.c_uint64.from_address(memory.control + FLAGS_OFFSET).value
-            raw = ctypes.string_at(memory.control + arena.table_offset, 8 * len(self._layers))
-        finally:
-            self._sharing.unlock(memory.handle, PUBLISH_BYTE)
+        generation, flags, raw = self._copy_table()
+        arena = self._arena_layout
         entries: dict[LayerId, tuple[int, int]] = {}
         for layer, word in zip(self._layers, memoryview(raw).cast("Q"), strict=True):
             offset = arena.decode_entry(word)
@@ -296,6 +302,36 @@ class SharedReader(OwnsMemory):
         self._table = table
         self._let_go()
         return table
+
+    def _copy_table(self) -> tuple[int, int, bytes]:
+        """Generation, flags and table words, copied whole.
+
+        Under the shared publish lock; and since an owner that waited too long for it
+        writes without it, the generation is read again once the lock is let go (two lock
+        calls later, which order the reads on every CPU): if it moved, the copy is taken
+        again.
+        """
+        memory, sharing = self._memory, self._sharing
+        control, size = memory.control, 8 * len(self._layers)
+        for _ in range(1000):
+            try:
+                if not wait_for_lock(sharing, memory.handle, PUBLISH_BYTE, exclusive=False):
+                    raise InvalidState(
+                        f"the owner (process {self._share.pid}) has been writing its table for "
+                        "too long (stopped?); try again"
+                    )
+                try:
+                    generation = self._generation.value
+                    flags = ctypes.c_uint64.from_address(control + FLAGS_OFFSET).value
+                    raw = ctypes.string_at(control + self._arena_layout.table_offset, size)
+                finally:
+                    sharing.unlock(memory.handle, PUBLISH_BYTE)
+                sharing.locked(memory.handle, PUBLISH_BYTE)
+            except PlatformError as exc:
+                raise from_os_error(exc, "reading the owner's table") from None
+            if self._generation.value == generation:
+                return generation, flags, raw
+        raise InvalidState(f"the owner (process {self._share.pid}) publishes without pause")
 
     def _let_go(self) -> None:
         """Unpin every unit no view of which is left."""

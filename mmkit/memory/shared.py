@@ -49,9 +49,10 @@ from mmkit.values.ids import DimensionId
 from mmkit.values.share import FORMAT, ShareHandle
 from mmkit.values.units import format_size
 
-LOCK_PATIENCE = 5.0
-"""Seconds the owner waits for readers to let go of the table before it publishes late: a
-reader holds it only while it copies it, so longer means a stopped reader."""
+LOCK_PATIENCE = 2.0
+"""Seconds the owner waits for readers to let go of the table (a reader holds it only while
+it copies it, so longer means a stopped reader), and a reader for the owner to finish
+writing it (longer means a stopped owner)."""
 
 
 def wait_for_lock(sharing: SharedMemory, handle: int, byte: int, *, exclusive: bool) -> bool:
@@ -129,10 +130,10 @@ class SharedArena(_Over, ForkAware):
         self.generation = 0
         self.busy: set[int] = set()
         self.published: frozenset[int] = frozenset()
-        self.lagging = False
         self.closed = False
         self.forked = False
         self._free = list(range(arena.spare_layers - 1, -1, -1))
+        self._unsettled: set[int] = set()
         self._fork_pins = -1
         self._keep_all = False
         self._lock = ForkSafeLock()
@@ -218,12 +219,7 @@ class SharedArena(_Over, ForkAware):
         return ShareHandle(self.sharing.user(), self.owner, self.handle, self.nonce)
 
     def publish(self, spans: Mapping[DimensionId, Iterable[tuple[Lease, int, int]]]) -> None:
-        """Give readers a new table: where each published layer's bytes are now.
-
-        If a reader holds the table for longer than ``LOCK_PATIENCE`` (a stopped process),
-        readers keep the previous table until a later publish gets through (``lagging``);
-        meanwhile nothing in it is reused.
-        """
+        """Give readers a new table: where each published layer's bytes are now."""
         if self.forked or self.closed or not self.control:
             return
         arena = self.arena
@@ -252,7 +248,8 @@ class SharedArena(_Over, ForkAware):
         arena = self.arena
         table = ctypes.string_at(self.control + arena.table_offset, 8 * len(arena.layers()))
         self._write_table(table, CLOSED, self.published)
-        self.sharing.unlock(self.handle, OWNER_BYTE)
+        with contextlib.suppress(PlatformError):
+            self.sharing.unlock(self.handle, OWNER_BYTE)
 
     def nudge(self) -> None:
         """Publish the same table again: every reader's next call then lets go of the pins
@@ -264,21 +261,23 @@ class SharedArena(_Over, ForkAware):
         self._write_table(table, 0, self.published)
 
     def _write_table(self, table: bytes, flags: int, units: frozenset[int]) -> None:
+        """Write the table, then the new generation, holding the publish lock if readers let
+        it be taken: one stopped while it copies the table must not stop the owner. Without
+        the lock the write goes ahead; a reader that copied meanwhile sees the generation
+        move when it checks it after letting go, and copies again (``SharedReader``)."""
         with self._lock:
-            if not wait_for_lock(self.sharing, self.handle, PUBLISH_BYTE, exclusive=True):
-                self.lagging = True
-                return
             try:
-                ctypes.memmove(self.control + self.arena.table_offset, table, len(table))
-                ctypes.c_uint64.from_address(self.control + FLAGS_OFFSET).value = flags
-                self.generation += 1
-                ctypes.c_uint64.from_address(
-                    self.control + GENERATION_OFFSET
-                ).value = self.generation
-            finally:
-                self.sharing.unlock(self.handle, PUBLISH_BYTE)
+                locked = wait_for_lock(self.sharing, self.handle, PUBLISH_BYTE, exclusive=True)
+            except PlatformError:
+                locked = False
+            ctypes.memmove(self.control + self.arena.table_offset, table, len(table))
+            ctypes.c_uint64.from_address(self.control + FLAGS_OFFSET).value = flags
+            self.generation += 1
+            ctypes.c_uint64.from_address(self.control + GENERATION_OFFSET).value = self.generation
             self.published = units
-            self.lagging = False
+            if locked:
+                with contextlib.suppress(PlatformError):  # held by us until the next publish
+                    self.sharing.unlock(self.handle, PUBLISH_BYTE)
 
     def pinned(self, address: int) -> bool:
         """Whether a reader may still reach the unit at ``address``: it is in the table readers
@@ -287,10 +286,13 @@ class SharedArena(_Over, ForkAware):
         if offset is None:
             return False
         unit = self.arena.unit_of(offset)
-        if self.forked or self.lagging or self._keep_all or unit in self.published:
+        if self.forked or self._keep_all or unit in self.published:
             return True
         with self._lock:
-            return self.sharing.locked(self.handle, FIRST_PIN + unit)
+            try:
+                return self.sharing.locked(self.handle, FIRST_PIN + unit)
+            except PlatformError:
+                return True  # cannot tell: keep it
 
     # -- spare layers -------------------------------------------------------------------
 
@@ -299,6 +301,11 @@ class SharedArena(_Over, ForkAware):
         layer = self.arena.layer_size
         if nbytes != layer:
             raise ValueError(f"a spare layer holds {layer} bytes, not {nbytes}")
+        for index in list(self._unsettled):  # a failed give-back: try it again first
+            with contextlib.suppress(PlatformError):
+                self.decommit(self._spare_address(index), layer)
+                self._unsettled.remove(index)
+                self._free.append(index)
         if not self._free:
             self.nudge()
             count = self.arena.spare_layers
@@ -310,7 +317,7 @@ class SharedArena(_Over, ForkAware):
                 "MemoryConfig(spare_layers=…)"
             )
         index = self._free.pop()
-        address = self.base + self.layout.spares_offset + index * layer
+        address = self._spare_address(index)
         try:
             self.commit(address, layer)
         except BaseException:
@@ -324,14 +331,21 @@ class SharedArena(_Over, ForkAware):
 
     def free(self, address: int) -> None:
         """Give a spare layer's memory back and make it free; ``PlatformError`` keeps it."""
-        layer = self.arena.layer_size
-        self.decommit(address, layer)
-        self._free.append((address - self.base - self.layout.spares_offset) // layer)
+        self.decommit(address, self.arena.layer_size)
+        self._free.append(self._spare_index(address))
 
     def rollback(self, address: int) -> None:
-        """Undo ``allocate_readonly`` (best effort: a failed decommit leaves the layer out)."""
-        with contextlib.suppress(PlatformError):
+        """Undo ``allocate_readonly``; a spare layer whose give-back fails waits to be retried."""
+        try:
             self.free(address)
+        except PlatformError:
+            self._unsettled.add(self._spare_index(address))
+
+    def _spare_address(self, index: int) -> int:
+        return self.base + self.layout.spares_offset + index * self.arena.layer_size
+
+    def _spare_index(self, address: int) -> int:
+        return (address - self.base - self.layout.spares_offset) // self.arena.layer_size
 
     @property
     def spares_free(self) -> int:
@@ -493,8 +507,10 @@ class AttachedArena(_Over, ForkAware):
         return False
 
     def unpin(self, unit: int) -> None:
+        """Let go of a pin (one that cannot be let go stays until the reader closes)."""
         self.pins.discard(unit)
-        self.sharing.unlock(self.handle, FIRST_PIN + unit)
+        with contextlib.suppress(PlatformError):
+            self.sharing.unlock(self.handle, FIRST_PIN + unit)
 
     def before_fork(self) -> None:
         """Hold this process's pins again through a fresh open, for the child."""
