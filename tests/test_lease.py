@@ -365,3 +365,22 @@ def test_a_storm_of_ctrl_c_while_views_are_made_and_dropped() -> None:
         measured=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_a_collection_in_the_middle_of_claiming_gives_back_once() -> None:
+    """A collection that runs inside a pass (its callback claims again, say while the first
+    entry gives its memory back) neither gives back twice nor breaks the pass."""
+    buffers = [ctypes.create_string_buffer(64) for _ in range(2)]
+    leases = [Lease(ctypes.addressof(b), 64) for b in buffers]
+    views = [lease.view() for lease in leases]
+    given_back: list[int] = []
+
+    def first() -> None:
+        given_back.append(1)
+        claim_idle()  # what the gc.callbacks hook does when a collection runs here
+
+    leases[0].close_when_idle(first)
+    leases[1].close_when_idle(lambda: given_back.append(2))
+    del views[:]
+    claim_idle()
+    assert sorted(given_back) == [1, 2]

@@ -35,7 +35,7 @@ from mmkit.memory.arena import (
     PUBLISH_BYTE,
     ArenaLayout,
 )
-from mmkit.memory.lease import Lease
+from mmkit.memory.lease import Lease, claim_idle
 from mmkit.memory.locks import ForkSafeLock
 from mmkit.memory.region import Region, Reservation, plan_layout
 from mmkit.memory.shared import AttachedArena, wait_for_lock
@@ -334,7 +334,8 @@ class SharedReader(OwnsMemory):
         raise InvalidState(f"the owner (process {self._share.pid}) publishes without pause")
 
     def _let_go(self) -> None:
-        """Unpin every unit no view of which is left."""
+        """Unpin every unit no view of which is left (closed readers' too, see ``close``)."""
+        claim_idle()
         for unit, lease in list(self._leases.items()):
             if lease.close():
                 del self._leases[unit]
@@ -414,7 +415,9 @@ class SharedReader(OwnsMemory):
     # -- closing ------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Let go of the shared memory; views still held keep it until they are gone."""
+        """Let go of the shared memory; views still held keep it, and its pins, until they
+        are gone and then this process's next garbage collection or next call of a reader
+        that takes a lock (``stats``, ``is_loaded``, a read after the owner published)."""
         with self._lock:
             if self._closed:
                 return

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import pickle
 from _thread import get_ident
 from collections.abc import Callable
@@ -320,22 +321,35 @@ _UNCLAIMED: list[tuple[list[memoryview], Callable[[], None]]] = []
 _UNCLAIMED_LOCK = ForkSafeLock()
 
 
+_CLAIMING: list[bool] = [False]
+"""Whether a pass is under way (on the thread that holds ``_UNCLAIMED_LOCK``)."""
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _CLAIMING.__setitem__(0, False))
+
+
 def claim_idle() -> None:
     """Give back the memory of closed owners whose views are all gone.
 
-    Skipped if another thread is at it; with Ctrl-C held, so an entry is taken off the list
-    only together with its giving back, and whatever is left waits for the next pass.
+    Skipped if another thread is at it, or this one further out (a collection that ran in
+    the middle of a pass); with Ctrl-C held, so an entry is taken off the list only together
+    with its giving back, and whatever is left waits for the next pass.
     """
     with interrupts_deferred():
         if not _UNCLAIMED_LOCK.acquire(blocking=False):
             return
         try:
-            for entry in list(_UNCLAIMED):
-                counters, on_idle = entry
-                counters[:] = _lent(counters[:])
-                if not counters:
-                    _UNCLAIMED.remove(entry)
-                    on_idle()
+            if _CLAIMING[0]:
+                return
+            _CLAIMING[0] = True
+            try:
+                for entry in list(_UNCLAIMED):
+                    counters, on_idle = entry
+                    counters[:] = _lent(counters[:])
+                    if not counters:
+                        _UNCLAIMED.remove(entry)
+                        on_idle()
+            finally:
+                _CLAIMING[0] = False
         finally:
             _UNCLAIMED_LOCK.release()
 
