@@ -109,7 +109,6 @@ def _conforms(memory: FaultyMemory) -> VirtualMemory:
 
 SHARING_FAILURES = {
     "create": errno.EMFILE,
-    "target": errno.ENOENT,
     "reopen": errno.EMFILE,
     "size": errno.EIO,
     "read": errno.EIO,
@@ -139,10 +138,6 @@ class FaultySharing:
     def create(self, size: int) -> int:
         self._check("create", size)
         return self.inner.create(size)
-
-    def target(self, pid: int, handle: int) -> str:
-        self._check("target", pid, handle)
-        return self.inner.target(pid, handle)
 
     def reopen(self, pid: int, handle: int) -> int:
         self._check("reopen", pid, handle)

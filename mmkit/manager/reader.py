@@ -39,7 +39,7 @@ from mmkit.memory.lease import Lease, claim_idle
 from mmkit.memory.locks import ForkSafeLock
 from mmkit.memory.region import Region, Reservation, plan_layout
 from mmkit.memory.shared import AttachedArena, wait_for_lock
-from mmkit.platform import BACKEND, SHARING, PlatformError, SharedMemory
+from mmkit.platform import BACKEND, SHARING, NotShared, PlatformError, SharedMemory
 from mmkit.values.config import MemoryConfig
 from mmkit.values.errors import (
     AttachError,
@@ -116,13 +116,12 @@ def _open(sharing: SharedMemory, share: ShareHandle) -> int:
     """Our own read-only open of the owner's memory, checked to be what the token names."""
     where = f"process {share.pid}'s descriptor {share.handle}"
     try:
-        target = sharing.target(share.pid, share.handle)
-        if not target.startswith("/memfd:mmkit-arena"):
-            raise AttachError(
-                f"{where} is not mmkit shared memory any more (the owner exited or closed its "
-                "manager, and the number was reused)"
-            )
         return sharing.reopen(share.pid, share.handle)
+    except NotShared:
+        raise AttachError(
+            f"{where} is not mmkit shared memory any more (the owner exited or closed its "
+            "manager, and the number was reused)"
+        ) from None
     except (FileNotFoundError, ProcessLookupError):
         raise AttachError(
             f"{where} does not exist: the owner exited or closed its manager"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mmkit.platform.base import (
     Advice,
+    NotShared,
     PlatformError,
     Protection,
     SharedMemory,
@@ -33,6 +34,7 @@ __all__ = [
     "PAGE_SIZE",
     "SHARING",
     "Advice",
+    "NotShared",
     "PlatformError",
     "Protection",
     "SharedMemory",

@@ -141,6 +141,10 @@ class VirtualMemory(Protocol):
         ...
 
 
+class NotShared(OSError):
+    """A process's handle that names something other than mmkit's shared memory."""
+
+
 @runtime_checkable
 class SharedMemory(Protocol):
     """Memory that several processes map at once: made by one, opened read-only by others.
@@ -156,12 +160,12 @@ class SharedMemory(Protocol):
         """A new shared object of ``size`` zero bytes that nobody can resize, open read-write."""
         ...
 
-    def target(self, pid: int, handle: int) -> str:
-        """What another process's handle refers to, for checking before opening it."""
-        ...
-
     def reopen(self, pid: int, handle: int) -> int:
-        """A read-only handle of our own for another process's shared object."""
+        """A read-only handle of our own for another process's shared object.
+
+        ``NotShared`` if the handle names something else (checked before it is opened, so
+        a FIFO or a device is never opened); otherwise ``OSError`` as the OS says.
+        """
         ...
 
     def size(self, handle: int) -> int: ...

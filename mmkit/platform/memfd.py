@@ -21,7 +21,7 @@ import stat
 import struct
 import sys
 
-from mmkit.platform.base import PlatformError
+from mmkit.platform.base import NotShared, PlatformError
 from mmkit.platform.posix import PosixMemory
 
 assert sys.platform == "linux"
@@ -77,22 +77,21 @@ class MemfdSharing:
             raise _error("ftruncate+F_ADD_SEALS", f"{fd}, {size}", exc) from None
         return fd
 
-    def target(self, pid: int, handle: int) -> str:
-        """What another process's descriptor refers to (``/memfd:…``), for checking first."""
-        return os.readlink(f"/proc/{pid}/fd/{handle}")
-
     def reopen(self, pid: int, handle: int) -> int:
-        """A read-only descriptor of our own for another process's shared memory.
+        """A read-only descriptor of our own for another process's memfd.
 
-        ``O_NONBLOCK`` so that a recycled descriptor number naming a FIFO cannot block; the
-        caller checks that the result is what it expected. ``OSError`` as the kernel says.
+        What the number names is read first (``/memfd:mmkit-arena``), and the open is
+        ``O_NONBLOCK``, so a recycled number naming a FIFO or a device is never waited on.
         """
+        link = f"/proc/{pid}/fd/{handle}"
+        if not os.readlink(link).startswith(f"/memfd:{NAME} "):
+            raise NotShared(errno.EINVAL, f"{link} is not an mmkit memfd")
         flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-        fd = os.open(f"/proc/{pid}/fd/{handle}", flags)
+        fd = os.open(link, flags)
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_nlink != 0:
-                raise OSError(errno.EINVAL, "not anonymous shared memory")
+                raise NotShared(errno.EINVAL, f"{link} is not an mmkit memfd")
         except BaseException:
             os.close(fd)
             raise
