@@ -21,9 +21,10 @@ from __future__ import annotations
 import ctypes
 import weakref
 from dataclasses import dataclass
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import NamedTuple
 
+from mmkit.manager.dimension import SHARED_VIEWS
 from mmkit.memory.arena import (
     CLOSED,
     DESCRIPTION_OFFSET,
@@ -79,11 +80,11 @@ class ReaderStats:
 class _Table(NamedTuple):
     generation: int
     closed: bool
-    entries: MappingProxyType[LayerId, tuple[int, int]]  # layer -> (unit, offset in unit)
+    entries: dict[LayerId, int]  # layer -> the unit holding its bytes; never changed
     loaded: frozenset[DimensionId]
 
 
-_NOTHING = _Table(-1, False, MappingProxyType({}), frozenset())
+_NOTHING = _Table(-1, False, {}, frozenset())
 
 
 def attach(handle: object, *, sharing: SharedMemory | None = None) -> SharedReader:
@@ -213,7 +214,8 @@ class SharedReader(OwnsMemory):
         self._layers = arena.layers()
         self._generation = ctypes.c_uint64.from_address(self._memory.control + GENERATION_OFFSET)
         self._table = _NOTHING
-        self._leases: dict[int, Lease] = {}
+        self._leases: dict[int, Lease] = {}  # pinned units
+        self._shown: dict[int, memoryview] = {}  # a view of each, that threads slice
         self._lock = ForkSafeLock(held_across_fork=True)
         self._closed = False
         weakref.finalize(self, self._memory.forget)
@@ -233,14 +235,13 @@ class SharedReader(OwnsMemory):
         """A read-only, zero-copy view of a layer as the owner last published it."""
         table = self._table
         if type(layer) is LayerId and self._generation.value == table.generation:
-            entry = table.entries.get(layer)
-            if entry is not None:
-                lease = self._leases.get(entry[0])
-                if lease is not None:
-                    try:
-                        return lease.view(entry[1], self._layer_size)
-                    except InvalidState:
-                        pass  # let go of meanwhile: pin it again under the lock
+            unit = table.entries.get(layer)
+            try:
+                if SHARED_VIEWS:
+                    return self._shown[unit][:]  # type: ignore[index]
+                return self._leases[unit].view()  # type: ignore[index]
+            except (KeyError, ValueError, InvalidState):
+                pass  # not pinned, or let go of meanwhile: pin it under the lock
         del table
         return self._access_slow(layer)
 
@@ -251,19 +252,16 @@ class SharedReader(OwnsMemory):
         with self._lock:
             while True:
                 table = self._refresh()
-                entry = table.entries.get(plain)
-                if entry is None:
+                unit = table.entries.get(plain)
+                if unit is None:
                     raise self._missing(plain, table)
-                unit, start = entry
-                lease = self._leases.get(unit)
-                if lease is None:
-                    lease = self._pin(unit, table)
-                    if lease is None:
-                        continue  # the owner published meanwhile: read its new table
-                return lease.view(start, self._layer_size)
+                if unit in self._leases or self._pin(unit, table):
+                    return self._leases[unit].view()
+                # the owner published meanwhile: read its new table
 
-    def _pin(self, unit: int, table: _Table) -> Lease | None:
-        """Pin a unit and give its lease, if the table still holds once it is pinned."""
+    def _pin(self, unit: int, table: _Table) -> bool:
+        """Pin a unit and make its lease (and the view threads slice, under a GIL), if the
+        table still holds once it is pinned."""
         memory = self._memory
         try:
             pinned = memory.pin(unit)
@@ -273,10 +271,12 @@ class SharedReader(OwnsMemory):
             raise InvalidState(f"unit {unit} of the shared memory cannot be pinned")
         if self._generation.value != table.generation:
             memory.unpin(unit)
-            return None
+            return False
         lease = Lease(memory.unit_address(unit), self._layer_size)
         self._leases[unit] = lease
-        return lease
+        if SHARED_VIEWS:
+            self._shown[unit] = lease.view()
+        return True
 
     def _refresh(self) -> _Table:
         """The owner's current table (copied again if it published since), having let go of
@@ -291,13 +291,13 @@ class SharedReader(OwnsMemory):
             return table
         generation, flags, raw = self._copy_table()
         arena = self._arena_layout
-        entries: dict[LayerId, tuple[int, int]] = {}
+        entries: dict[LayerId, int] = {}
         for layer, word in zip(self._layers, memoryview(raw).cast("Q"), strict=True):
             offset = arena.decode_entry(word)
             if offset is not None:
-                entries[layer] = (arena.unit_of(offset), 0)
+                entries[layer] = arena.unit_of(offset)
         loaded = frozenset(layer.dimension for layer in entries)
-        table = _Table(generation, bool(flags & CLOSED), MappingProxyType(entries), loaded)
+        table = _Table(generation, bool(flags & CLOSED), entries, loaded)
         self._table = table
         self._let_go()
         return table
@@ -336,9 +336,14 @@ class SharedReader(OwnsMemory):
         """Unpin every unit no view of which is left (closed readers' too, see ``close``)."""
         claim_idle()
         for unit, lease in list(self._leases.items()):
+            shown = self._shown.pop(unit, None)
+            if shown is not None:
+                shown.release()  # readers racing this get ValueError and come here
             if lease.close():
                 del self._leases[unit]
                 self._memory.unpin(unit)
+            elif SHARED_VIEWS:
+                self._shown[unit] = lease.view()
 
     def _missing(self, layer: LayerId, table: _Table) -> Exception:
         spec = self._config.dimension(layer.dimension)
@@ -422,6 +427,9 @@ class SharedReader(OwnsMemory):
                 return
             self._closed = True
             self._table = _NOTHING
+            for shown in self._shown.values():
+                shown.release()
+            self._shown = {}
             leases, self._leases = list(self._leases.values()), {}
         reservation = self._reservation
         for lease in leases:
