@@ -8,6 +8,7 @@ and on what it read. Leaks are checked against the whole system: ``/proc/*/maps`
 
 from __future__ import annotations
 
+import ast
 import gc
 import multiprocessing
 import os
@@ -812,3 +813,23 @@ def test_reader_threads_racing_updates_and_close_never_crash() -> None:
     result = run_python(code, timeout=100)
     assert result.returncode == 0, describe(result.returncode) + result.stderr
     assert result.stdout.strip() == "problems []"
+
+
+@pytest.mark.timeout(120)
+def test_the_readmes_process_pool_example_runs(tmp_path: Path) -> None:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Share across processes") :]
+    example = section[section.index("```python\n") + 10 : section.index("\n```\n")]
+    files = mmkit.generate_dataset(tmp_path / "data")
+    (tmp_path / "example.py").write_text(example)
+    result = subprocess.run(
+        [sys.executable, "example.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    stored = mmkit.storage.read_header_file(files[DimensionId(1)]).layer_checksums
+    assert ast.literal_eval(result.stdout) == list(stored)
