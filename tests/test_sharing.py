@@ -452,7 +452,11 @@ def test_a_reader_process_holds_replaced_layers_until_it_dies(owner: MmapManager
         with pytest.raises(LimitExceeded, match="readers attached"):
             owner.update_layer(layer, stamp(layer, 5))
         assert reader.send("check") == "0,1,2,3,4"
+        stats = owner.stats()
+        assert (stats.spare_layers, stats.spare_layers_free) == (4, 0)
+        assert stats.reader_pins == 5 * PAGE_SIZE  # its home and the four spare layers
         reader.kill()  # its pins go with it
+        assert owner.stats().reader_pins == 0
         owner.update_layer(layer, stamp(layer, 5))
         for version in range(6, 12):
             owner.update_layer(layer, stamp(layer, version))

@@ -40,6 +40,9 @@ class Stats:
     copies); ``resident_limit`` caps it, softly: ``pinned`` is what the last attempt to
     make room could not drop because readers held views of it. Plain values throughout, so
     a snapshot pickles (a worker process can send one back).
+
+    A shared manager (``MemoryConfig(shared=True)``) also reports its ``spare_layers``, how
+    many are free, and ``reader_pins``: the bytes that readers in other processes pin now.
     """
 
     state: ManagerState
@@ -65,6 +68,9 @@ class Stats:
     fragmentation: float
     owners: dict[str, int]
     dimensions: tuple[DimensionStats, ...]
+    spare_layers: int = 0
+    spare_layers_free: int = 0
+    reader_pins: int = 0
 
     @property
     def over_limit(self) -> int:
@@ -109,13 +115,18 @@ def measure(
     except PlatformError as exc:
         raise from_os_error(exc, "measuring resident memory") from None
     pool = spans.pool.stats() if spans.pool is not None else _EMPTY_POOL
+    arena = spans.arena
+    spares = config.spare_layers if arena is not None else 0
+    spares_free = arena.spares_free if arena is not None else 0
+    reader_pins = arena.reader_pins() * config.layer_size if arena is not None else 0
     return Stats(
         state=table.state,
         allocated=config.limit if table.open else 0,
         reserved=reservation.size if reservation is not None else 0,
         committed=sum(d.region.size for d in loaded.values())
         + spans.stray_bytes()
-        + pool.committed,
+        + pool.committed
+        + (spares - spares_free) * config.layer_size,
         resident=resident,
         loaded=tuple(sorted(table.layers)),
         data=residency.data,
@@ -135,4 +146,7 @@ def measure(
         fragmentation=pool.fragmentation,
         owners=dict(blocks.owners),
         dimensions=tuple(dimensions),
+        spare_layers=spares,
+        spare_layers_free=spares_free,
+        reader_pins=reader_pins,
     )

@@ -294,6 +294,19 @@ class SharedArena(_Over, ForkAware):
             except PlatformError:
                 return True  # cannot tell: keep it
 
+    def reader_pins(self) -> int:
+        """How many units some other open of the arena pins now (0 if it cannot tell)."""
+        if self.forked or self.handle < 0:
+            return 0
+        with self._lock:
+            try:
+                return sum(
+                    self.sharing.locked(self.handle, FIRST_PIN + unit)
+                    for unit in range(self.arena.units)
+                )
+            except PlatformError:
+                return 0
+
     # -- spare layers -------------------------------------------------------------------
 
     def allocate_readonly(self, nbytes: int) -> tuple[int, int]:
@@ -349,7 +362,9 @@ class SharedArena(_Over, ForkAware):
 
     @property
     def spares_free(self) -> int:
-        return len(self._free)
+        """Spare layers nobody uses: free ones, and those whose give-back failed and will be
+        tried again before any is handed out (not counted as committed, as in the pool)."""
+        return len(self._free) + len(self._unsettled)
 
     # -- addresses ----------------------------------------------------------------------
 
