@@ -837,3 +837,57 @@ def test_the_readmes_process_pool_example_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     stored = mmkit.storage.read_header_file(files[DimensionId(1)]).layer_checksums
     assert ast.literal_eval(result.stdout) == list(stored)
+
+
+FORKING_READER = """
+    import os, sys, mmkit
+    from mmkit import LayerId
+    from tests.test_sharing import stamp
+    layer = LayerId(2, 0)
+    reader = mmkit.attach(sys.argv[1])
+    view = reader.access_layer(layer)
+    go_read, go_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child keeps its view while the parent lets go and the owner updates
+        code = 0
+        try:
+            os.read(go_read, 1)
+            code |= 0 if bytes(view) == stamp(layer, 0) else 1
+            code |= 0 if bytes(reader.access_layer(layer)) == stamp(layer, 5) else 2
+            reader.close()
+        finally:
+            os._exit(code)
+    view.release()
+    reader.stats()  # the parent lets go of its pin; the child's own stays
+    print("released", flush=True)
+    sys.stdin.readline()
+    os.write(go_write, b"g")
+    _, status = os.waitpid(pid, 0)
+    sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_reader_keeps_its_views_with_pins_of_its_own(owner: MmapManager) -> None:
+    layer = LayerId(2, 0)
+    process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(FORKING_READER), str(owner.share())],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        assert process.stdout.readline().strip() == "released"
+        for version in range(1, 6):  # its home stays pinned by the child alone
+            owner.update_layer(layer, stamp(layer, version))
+        assert owner.stats().reader_pins == PAGE_SIZE
+        process.stdin.write("updated\n")
+        process.stdin.flush()
+        assert process.wait(timeout=30) == 0, process.stderr.read() if process.stderr else ""
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)

@@ -41,6 +41,7 @@ from mmkit.memory.locks import ForkSafeLock
 from mmkit.memory.region import Region, Reservation, plan_layout
 from mmkit.memory.shared import AttachedArena, wait_for_lock
 from mmkit.platform import BACKEND, SHARING, NotShared, PlatformError, SharedMemory
+from mmkit.platform.interrupts import interrupts_deferred
 from mmkit.values.config import MemoryConfig
 from mmkit.values.errors import (
     AttachError,
@@ -263,20 +264,21 @@ class SharedReader(OwnsMemory):
         """Pin a unit and make its lease (and the view threads slice, under a GIL), if the
         table still holds once it is pinned."""
         memory = self._memory
-        try:
-            pinned = memory.pin(unit)
-        except PlatformError as exc:
-            raise from_os_error(exc, "pinning shared memory") from None
-        if not pinned:
-            raise InvalidState(f"unit {unit} of the shared memory cannot be pinned")
-        if self._generation.value != table.generation:
-            memory.unpin(unit)
-            return False
-        lease = Lease(memory.unit_address(unit), self._layer_size)
-        self._leases[unit] = lease
-        if SHARED_VIEWS:
-            self._shown[unit] = lease.view()
-        return True
+        with interrupts_deferred():  # a pin is never held without the lease that lets go of it
+            try:
+                pinned = memory.pin(unit)
+            except PlatformError as exc:
+                raise from_os_error(exc, "pinning shared memory") from None
+            if not pinned:
+                raise InvalidState(f"unit {unit} of the shared memory cannot be pinned")
+            if self._generation.value != table.generation:
+                memory.unpin(unit)
+                return False
+            lease = Lease(memory.unit_address(unit), self._layer_size)
+            self._leases[unit] = lease
+            if SHARED_VIEWS:
+                self._shown[unit] = lease.view()
+            return True
 
     def _refresh(self) -> _Table:
         """The owner's current table (copied again if it published since), having let go of
@@ -335,15 +337,16 @@ class SharedReader(OwnsMemory):
     def _let_go(self) -> None:
         """Unpin every unit no view of which is left (closed readers' too, see ``close``)."""
         claim_idle()
-        for unit, lease in list(self._leases.items()):
-            shown = self._shown.pop(unit, None)
-            if shown is not None:
-                shown.release()  # readers racing this get ValueError and come here
-            if lease.close():
-                del self._leases[unit]
-                self._memory.unpin(unit)
-            elif SHARED_VIEWS:
-                self._shown[unit] = lease.view()
+        with interrupts_deferred():
+            for unit, lease in list(self._leases.items()):
+                shown = self._shown.pop(unit, None)
+                if shown is not None:
+                    shown.release()  # readers racing this get ValueError and come here
+                if lease.close():
+                    del self._leases[unit]
+                    self._memory.unpin(unit)
+                elif SHARED_VIEWS:
+                    self._shown[unit] = lease.view()
 
     def _missing(self, layer: LayerId, table: _Table) -> Exception:
         spec = self._config.dimension(layer.dimension)
