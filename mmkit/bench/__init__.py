@@ -1,7 +1,9 @@
 """mmkit against its stdlib peers: ``mmkit bench`` / ``python -m benchmarks``.
 
-``[case ...] [--repeat N] [--quick] [--json FILE] [--plot FILE]``: each case runs mmkit and
-the stdlib doing the same work interleaved in one process, and reports medians and ratios.
+``[case ...] [--repeat N] [--quick] [--json FILE] [--plot FILE] [--workers-max N]``: each
+case runs mmkit and the stdlib doing the same work interleaved in one process, and reports
+medians and ratios. ``share`` (mmkit's sharing against its peers, in processes of one run)
+runs only when named: it starts some 200 interpreters and holds up to 1.5 GiB at once.
 """
 
 from __future__ import annotations
@@ -17,15 +19,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from mmkit.bench import cases, machine, queries, scaling, threads
+from mmkit.bench import cases, machine, queries, scaling, share, threads
 from mmkit.bench.data import Dataset
 from mmkit.bench.harness import Outcome, Row, Settings, format_ns, table
 from mmkit.values.text import printable
 
 Case = Callable[[Settings, Dataset], Outcome]
+NAMED_ONLY = ("share",)
+"""Cases that run only when named on the command line."""
 
 
-def _cases(plot: Path | None, beside: str | None = None) -> dict[str, Case]:
+def _cases(
+    plot: Path | None, beside: str | None = None, workers_max: int = max(share.READERS)
+) -> dict[str, Case]:
     found: dict[str, Case] = {
         "access": cases.access,
         "init": cases.init,
@@ -37,6 +43,7 @@ def _cases(plot: Path | None, beside: str | None = None) -> dict[str, Case]:
     }
     found["queries"] = queries.queries
     found["rss"] = queries.rss
+    found["share"] = partial(share.share, workers_max=workers_max)
     return found
 
 
@@ -45,7 +52,12 @@ def _parser(names: list[str]) -> argparse.ArgumentParser:
         prog="mmkit bench",
         description="mmkit against its stdlib peers, interleaved in one process; medians, ratios.",
     )
-    parser.add_argument("cases", nargs="*", metavar="case", help=f"any of: {', '.join(names)}")
+    parser.add_argument(
+        "cases",
+        nargs="*",
+        metavar="case",
+        help=f"any of: {', '.join(names)} (default: all but {', '.join(NAMED_ONLY)})",
+    )
     parser.add_argument(
         "--repeat",
         type=int,
@@ -58,6 +70,13 @@ def _parser(names: list[str]) -> argparse.ArgumentParser:
         "--beside",
         metavar="PYTHON",
         help="also run the threads case in this interpreter (e.g. a free-threaded one)",
+    )
+    parser.add_argument(
+        "--workers-max",
+        type=int,
+        default=max(share.READERS),
+        metavar="N",
+        help=f"share: at most N reader processes (of {', '.join(map(str, share.READERS))})",
     )
     return parser
 
@@ -101,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         _parser(names).error(f"unknown case(s): {', '.join(unknown)}; known: {', '.join(names)}")
     if args.repeat is not None and args.repeat < 1:
         _parser(names).error("--repeat must be at least 1")
+    if args.workers_max < 1:
+        _parser(names).error("--workers-max must be at least 1")
     if args.json is not None:
         problem = _unwritable(args.json)
         if problem is not None:
@@ -117,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         args.beside = found
     repeat = args.repeat if args.repeat is not None else (3 if args.quick else 15)
     settings = Settings(repeat=repeat, quick=args.quick)
-    chosen = _cases(args.plot, args.beside)
-    selected = args.cases or list(chosen)
+    chosen = _cases(args.plot, args.beside, args.workers_max)
+    selected = args.cases or [name for name in chosen if name not in NAMED_ONLY]
     started = time.perf_counter()
     print("measuring the machine…", file=sys.stderr, flush=True)
     facts = machine.measure(settings)

@@ -1,6 +1,7 @@
-"""The command line: ``mmkit demo | query | generate | inspect | bench``.
+"""The command line: ``mmkit demo [--workers N] | query | generate | inspect | bench``.
 
 Output never fails on encoding, and names and paths go through ``printable`` to be shown safely.
+``demo --workers N``, processes sharing the loaded dataset, is ``shared_demo``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TextIO
 
 from mmkit import storage
 from mmkit.bench import main as run_benchmarks
+from mmkit.cli import shared_demo
 from mmkit.manager import MmapManager
 from mmkit.platform import shell_command, user_cache_dir
 from mmkit.system import ConsciousnessSystem
@@ -81,8 +83,10 @@ def _ensure_dataset(directory: Path, config: MemoryConfig, announce: TextIO | No
 
 def demo(args: argparse.Namespace) -> int:
     directory = Path(args.data) if args.data else user_cache_dir() / "dataset-seed0"
-    config = MemoryConfig(data_dir=directory)
+    config = MemoryConfig(data_dir=directory, shared=args.workers is not None)
     _ensure_dataset(directory, config, None)
+    if args.workers is not None:
+        return shared_demo.run(config, _expected_checksums(directory, config), args.workers)
 
     started = time.perf_counter()
     manager = MmapManager(config)
@@ -215,6 +219,18 @@ def bench(args: argparse.Namespace) -> int:
     return run_benchmarks(args.arguments)
 
 
+def _worker_count(text: str) -> int:
+    """``--workers N``: a whole number of processes from 1 to ``MAX_WORKERS``."""
+    limit = shared_demo.MAX_WORKERS
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= limit:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {limit}, not {text!r}")
+    return count
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmkit", description="A fixed memory budget as page-aligned regions, served zero-copy."
@@ -223,6 +239,15 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("demo", help="load the default dataset and exercise it")
     run.add_argument("--data", help="dataset directory (default: the user cache)")
+    run.add_argument(
+        "--workers",
+        type=_worker_count,
+        nargs="?",
+        const=shared_demo.DEFAULT_WORKERS,
+        metavar="N",
+        help=f"share the loaded dataset with N processes instead (1 to {shared_demo.MAX_WORKERS}, "
+        f"default {shared_demo.DEFAULT_WORKERS}): each checks every layer; prints their PSS",
+    )
     run.set_defaults(handler=demo)
     gen = commands.add_parser("generate", help="write the deterministic default dataset")
     gen.add_argument("directory")
