@@ -163,6 +163,9 @@ class FaultySharing:
     def unmap(self, address: int, size: int) -> None:
         self.inner.unmap(address, size)
 
+    def blank(self, address: int, size: int) -> None:
+        self.inner.blank(address, size)
+
     def punch(self, handle: int, offset: int, size: int) -> None:
         self._check("punch", handle, offset, size)
         self.inner.punch(handle, offset, size)

@@ -32,6 +32,7 @@ from mmkit.memory.arena import (
     GENERATION_OFFSET,
     HEADER,
     MAGIC,
+    MAX_DESCRIPTION,
     OWNER_BYTE,
     PUBLISH_BYTE,
     ArenaLayout,
@@ -79,13 +80,19 @@ class ReaderStats:
 
 
 class _Table(NamedTuple):
+    """One generation of the owner's table, and what this reader pinned for it."""
+
     generation: int
     closed: bool
     entries: dict[LayerId, int]  # layer -> the unit holding its bytes; never changed
     loaded: frozenset[DimensionId]
+    # Filled under the lock once a layer's unit is pinned for this table: under a GIL the
+    # unit's shown view (threads slice it), else its lease. Let go of, they refuse
+    # (released, closed), and the read takes the lock.
+    ready: dict[LayerId, memoryview | Lease]
 
 
-_NOTHING = _Table(-1, False, {}, frozenset())
+_NOTHING = _Table(-1, False, {}, frozenset(), {})
 
 
 def attach(handle: object, *, sharing: SharedMemory | None = None) -> SharedReader:
@@ -105,13 +112,14 @@ def attach(handle: object, *, sharing: SharedMemory | None = None) -> SharedRead
             f"the shared memory belongs to user {share.uid}; this process runs as user {user}, "
             "and only the same user may attach"
         )
-    fd = _open(sharing, share)
-    try:
-        arena = _check(sharing, fd, share)
-    except BaseException:
-        sharing.close(fd)
-        raise
-    return SharedReader(sharing, fd, share, arena)  # which owns the descriptor from here
+    with interrupts_deferred():  # Ctrl-C cannot leave a descriptor or a mapping behind
+        fd = _open(sharing, share)
+        try:
+            arena = _check(sharing, fd, share)
+        except BaseException:
+            sharing.close(fd)
+            raise
+        return SharedReader(sharing, fd, share, arena)  # which owns the descriptor from here
 
 
 def _open(sharing: SharedMemory, share: ShareHandle) -> int:
@@ -167,6 +175,8 @@ def _check(sharing: SharedMemory, fd: int, share: ShareHandle) -> ArenaLayout:
         raise AttachError(f"cannot tell whether the owner is alive: {exc}") from None
     if not alive:
         raise AttachError(f"the owner (process {pid}) is gone")
+    if DESCRIPTION_OFFSET + length > min(size, MAX_DESCRIPTION):
+        raise AttachError(f"the shared memory's layout description ({length} bytes) is damaged")
     try:
         description = sharing.read(fd, DESCRIPTION_OFFSET, length)
         arena = ArenaLayout.parse(description, BACKEND.page_size)
@@ -215,17 +225,18 @@ class SharedReader(OwnsMemory):
         self._layers = arena.layers()
         self._generation = ctypes.c_uint64.from_address(self._memory.control + GENERATION_OFFSET)
         self._table = _NOTHING
-        self._leases: dict[int, Lease] = {}  # pinned units
-        self._shown: dict[int, memoryview] = {}  # a view of each, that threads slice
         self._lock = ForkSafeLock(held_across_fork=True)
-        self._closed = False
-        weakref.finalize(self, self._memory.forget)
+        self._holdings = _Holdings(self._lock, self._reservation)
+        self._leases = self._holdings.leases
+        self._shown = self._holdings.shown
+        # Dropped without close(): give back what no view holds, as close() would.
+        finalizer = weakref.finalize(self, _abandon, self._holdings, self._memory)
+        finalizer.atexit = False  # at exit the OS takes it back; threads may still read
         try:
             with self._lock:
                 self._refresh()
         except BaseException as exc:
-            self._closed = True
-            self._reservation.drop()
+            finalizer()
             if isinstance(exc, MmkitError):
                 raise AttachError(f"reading the owner's table: {exc}") from None
             raise
@@ -236,13 +247,11 @@ class SharedReader(OwnsMemory):
         """A read-only, zero-copy view of a layer as the owner last published it."""
         table = self._table
         if type(layer) is LayerId and self._generation.value == table.generation:
-            unit = table.entries.get(layer)
             try:
-                if SHARED_VIEWS:
-                    return self._shown[unit][:]  # type: ignore[index]
-                return self._leases[unit].view()  # type: ignore[index]
+                ready = table.ready[layer]
+                return ready[:] if SHARED_VIEWS else ready.view()  # type: ignore[union-attr,index]
             except (KeyError, ValueError, InvalidState):
-                pass  # not pinned, or let go of meanwhile: pin it under the lock
+                pass  # not pinned for this table yet, or let go of since
         del table
         return self._access_slow(layer)
 
@@ -257,7 +266,9 @@ class SharedReader(OwnsMemory):
                 if unit is None:
                     raise self._missing(plain, table)
                 if unit in self._leases or self._pin(unit, table):
-                    return self._leases[unit].view()
+                    lease = self._leases[unit]
+                    table.ready[plain] = self._shown[unit] if SHARED_VIEWS else lease
+                    return lease.view()
                 # the owner published meanwhile: read its new table
 
     def _pin(self, unit: int, table: _Table) -> bool:
@@ -271,19 +282,24 @@ class SharedReader(OwnsMemory):
                 raise from_os_error(exc, "pinning shared memory") from None
             if not pinned:
                 raise InvalidState(f"unit {unit} of the shared memory cannot be pinned")
-            if self._generation.value != table.generation:
+            try:
+                if self._generation.value != table.generation:
+                    memory.unpin(unit)
+                    return False
+                lease = Lease(memory.unit_address(unit), self._layer_size)
+                self._leases[unit] = lease
+                if SHARED_VIEWS:
+                    self._shown[unit] = lease.view()
+            except BaseException:  # a signal handler's exception: no pin without its lease
+                self._leases.pop(unit, None)
                 memory.unpin(unit)
-                return False
-            lease = Lease(memory.unit_address(unit), self._layer_size)
-            self._leases[unit] = lease
-            if SHARED_VIEWS:
-                self._shown[unit] = lease.view()
+                raise
             return True
 
     def _refresh(self) -> _Table:
         """The owner's current table (copied again if it published since), having let go of
         the pins no view needs any more; under the lock."""
-        if self._closed:
+        if self._holdings.closed:
             raise InvalidState("the reader is closed")
         if self._memory.orphaned:
             raise InvalidState("this forked copy of a reader could not keep its pins; attach again")
@@ -299,7 +315,7 @@ class SharedReader(OwnsMemory):
             if offset is not None:
                 entries[layer] = arena.unit_of(offset)
         loaded = frozenset(layer.dimension for layer in entries)
-        table = _Table(generation, bool(flags & CLOSED), entries, loaded)
+        table = _Table(generation, bool(flags & CLOSED), entries, loaded, {})
         self._table = table
         self._let_go()
         return table
@@ -316,17 +332,20 @@ class SharedReader(OwnsMemory):
         control, size = memory.control, 8 * len(self._layers)
         for _ in range(1000):
             try:
-                if not wait_for_lock(sharing, memory.handle, PUBLISH_BYTE, exclusive=False):
-                    raise InvalidState(
-                        f"the owner (process {self._share.pid}) has been writing its table for "
-                        "too long (stopped?); try again"
-                    )
-                try:
+                try:  # let go in any case: an exception may come just after the lock is taken
+                    # (and from a signal handler, even inside the unlock below: so the next
+                    # copy begins by letting go of whatever the last one left)
+                    sharing.unlock(memory.handle, PUBLISH_BYTE)
+                    if not wait_for_lock(sharing, memory.handle, PUBLISH_BYTE, exclusive=False):
+                        raise InvalidState(
+                            f"the owner (process {self._share.pid}) has been writing its table "
+                            "for too long (stopped?); try again"
+                        )
                     generation = self._generation.value
                     flags = ctypes.c_uint64.from_address(control + FLAGS_OFFSET).value
                     raw = ctypes.string_at(control + self._arena_layout.table_offset, size)
                 finally:
-                    sharing.unlock(memory.handle, PUBLISH_BYTE)
+                    sharing.unlock(memory.handle, PUBLISH_BYTE)  # a no-op if not taken
                 sharing.locked(memory.handle, PUBLISH_BYTE)
             except PlatformError as exc:
                 raise from_os_error(exc, "reading the owner's table") from None
@@ -343,10 +362,14 @@ class SharedReader(OwnsMemory):
                 if shown is not None:
                     shown.release()  # readers racing this get ValueError and come here
                 if lease.close():
-                    del self._leases[unit]
-                    self._memory.unpin(unit)
+                    try:
+                        del self._leases[unit]
+                    finally:
+                        self._memory.unpin(unit)
                 elif SHARED_VIEWS:
                     self._shown[unit] = lease.view()
+            for unit in self._memory.pins - self._leases.keys():
+                self._memory.unpin(unit)  # pinned, then interrupted before its lease was made
 
     def _missing(self, layer: LayerId, table: _Table) -> Exception:
         spec = self._config.dimension(layer.dimension)
@@ -413,7 +436,7 @@ class SharedReader(OwnsMemory):
         )
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "attached"
+        state = "closed" if self._holdings.closed else "attached"
         return (
             f"<SharedReader {state} to process {self._share.pid} "
             f"({format_size(self._arena_layout.size)})>"
@@ -425,21 +448,8 @@ class SharedReader(OwnsMemory):
         """Let go of the shared memory; views still held keep it, and its pins, until they
         are gone and then this process's next garbage collection or next call of a reader
         that takes a lock (``stats``, ``is_loaded``, a read after the owner published)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._table = _NOTHING
-            for shown in self._shown.values():
-                shown.release()
-            self._shown = {}
-            leases, self._leases = list(self._leases.values()), {}
-        reservation = self._reservation
-        for lease in leases:
-            if not lease.close():
-                reservation.hold()
-                lease.close_when_idle(reservation.drop)
-        reservation.drop()
+        self._table = _NOTHING
+        self._holdings.close()
 
     def __enter__(self) -> SharedReader:
         return self
@@ -453,5 +463,45 @@ class SharedReader(OwnsMemory):
         self.close()
 
     def _require_open(self, operation: str) -> None:
-        if self._closed:
+        if self._holdings.closed:
             raise InvalidState(f"{operation}: the reader is closed")
+
+
+class _Holdings:
+    """What a reader holds: its pinned units' leases, the views its threads slice, and the
+    reservation (with the arena's mapping and descriptor) they keep. Apart from the reader,
+    so that one dropped without ``close()`` gives them back too."""
+
+    __slots__ = ("closed", "leases", "lock", "reservation", "shown")
+
+    def __init__(self, lock: ForkSafeLock, reservation: Reservation) -> None:
+        self.lock = lock
+        self.reservation = reservation
+        self.leases: dict[int, Lease] = {}  # pinned units
+        self.shown: dict[int, memoryview] = {}  # a view of each, that threads slice
+        self.closed = False
+
+    def close(self) -> None:
+        """Give back all that no view reaches now, the rest as its last view goes; whole,
+        whatever interrupts it."""
+        with interrupts_deferred(), self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            for shown in self.shown.values():
+                shown.release()
+            self.shown.clear()
+            leases = list(self.leases.values())
+            self.leases.clear()
+            reservation = self.reservation
+            for lease in leases:
+                if not lease.close():
+                    reservation.hold()
+                    lease.close_when_idle(reservation.drop)
+            reservation.drop()
+
+
+def _abandon(holdings: _Holdings, memory: AttachedArena) -> None:
+    """``close()`` for a reader collected without it; then its control area can go too."""
+    holdings.close()
+    memory.forget()

@@ -34,7 +34,7 @@ CLOSED = 0x1
 PUBLISH_BYTE = 0
 OWNER_BYTE = 1
 FIRST_PIN = 2
-_MAX_DESCRIPTION = 1 << 20
+MAX_DESCRIPTION = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +85,14 @@ class ArenaLayout:
                 shared=True,
                 spare_layers=spares,
             )
-        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
+        except (
+            ValueError,
+            TypeError,
+            KeyError,
+            AttributeError,
+            UnicodeDecodeError,
+            RecursionError,
+        ) as exc:
             # ConfigError is a ValueError: what the config's own checks refused, in its words
             raise ValueError(f"the layout description is not valid: {exc}") from None
         return cls._derive(page_size, layer, config.dimensions, spares, description)
@@ -99,7 +106,7 @@ class ArenaLayout:
         spare_layers: int,
         description: bytes,
     ) -> ArenaLayout:
-        if len(description) > _MAX_DESCRIPTION:
+        if len(description) > MAX_DESCRIPTION:
             raise ValueError("the layout description is too long")
         table = align_up(DESCRIPTION_OFFSET + len(description), 8)
         layers = sum(spec.size // layer_size for spec in dimensions)

@@ -44,6 +44,7 @@ from mmkit.memory.lease import Lease
 from mmkit.memory.locks import ForkAware, ForkSafeLock, watch_fork
 from mmkit.memory.region import Layout
 from mmkit.platform import Advice, PlatformError, Protection, SharedMemory, VirtualMemory
+from mmkit.platform.interrupts import interrupts_deferred
 from mmkit.values.errors import LimitExceeded
 from mmkit.values.ids import DimensionId
 from mmkit.values.share import FORMAT, ShareHandle
@@ -136,6 +137,7 @@ class SharedArena(_Over, ForkAware):
         self._unsettled: set[int] = set()
         self._fork_pins = -1
         self._keep_all = False
+        self._impatient = False
         self._lock = ForkSafeLock()
         watch_fork(self)
 
@@ -267,17 +269,20 @@ class SharedArena(_Over, ForkAware):
         move when it checks it after letting go, and copies again (``SharedReader``)."""
         with self._lock:
             try:
-                locked = wait_for_lock(self.sharing, self.handle, PUBLISH_BYTE, exclusive=True)
+                if self._impatient:  # a reader kept it too long last time: do not wait again
+                    locked = self.sharing.lock(self.handle, PUBLISH_BYTE, exclusive=True)
+                else:
+                    locked = wait_for_lock(self.sharing, self.handle, PUBLISH_BYTE, exclusive=True)
             except PlatformError:
                 locked = False
+            self._impatient = not locked
             ctypes.memmove(self.control + self.arena.table_offset, table, len(table))
             ctypes.c_uint64.from_address(self.control + FLAGS_OFFSET).value = flags
             self.generation += 1
             ctypes.c_uint64.from_address(self.control + GENERATION_OFFSET).value = self.generation
             self.published = units
-            if locked:
-                with contextlib.suppress(PlatformError):  # held by us until the next publish
-                    self.sharing.unlock(self.handle, PUBLISH_BYTE)
+            with contextlib.suppress(PlatformError):  # else held by us until the next publish
+                self.sharing.unlock(self.handle, PUBLISH_BYTE)  # a no-op if not taken
 
     def pinned(self, address: int) -> bool:
         """Whether a reader may still reach the unit at ``address``: it is in the table readers
@@ -324,10 +329,11 @@ class SharedArena(_Over, ForkAware):
             count = self.arena.spare_layers
             raise LimitExceeded(
                 f"all {count} spare layers of the shared memory ({format_size(count * layer)}) "
-                "hold replaced layers that views still reach, in this process or in readers "
-                "attached to it; each is reused once its views are released and their reader "
-                "has called mmkit again (or has exited); or give the manager more with "
-                "MemoryConfig(spare_layers=…)"
+                "hold replaced layers that views still reach: in this process, in readers "
+                "attached to it, or in children forked from it (which keep what was in use when "
+                "they were forked until they exit or close the manager). Each is reused once its "
+                "views are released and their reader has called mmkit again (or has exited); "
+                "or give the manager more with MemoryConfig(spare_layers=…)"
             )
         index = self._free.pop()
         address = self._spare_address(index)
@@ -453,6 +459,7 @@ class AttachedArena(_Over, ForkAware):
         self.pins: set[int] = set()
         self.orphaned = False
         self._fork_pins = -1
+        self._shared_pins: set[int] = set()
         self._lock = ForkSafeLock()
         self._released = self._forgotten = False
 
@@ -483,6 +490,10 @@ class AttachedArena(_Over, ForkAware):
         Where the control area was stays readable (private zeros, so the generation a late
         reader compares never matches) until ``forget``: a thread may be about to read it.
         """
+        with interrupts_deferred():  # whole, or the arena would stay mapped for good
+            self._release(address, size)
+
+    def _release(self, address: int, size: int) -> None:
         try:
             self.inner.release(address, size)
         finally:
@@ -492,8 +503,7 @@ class AttachedArena(_Over, ForkAware):
                 if self._forgotten:
                     self.sharing.unmap(control, size)
                 else:
-                    self.inner.decommit(control, size)
-                    self.inner.commit(control, size)
+                    self.sharing.blank(control, size)
             handle, self.handle = self.handle, -1
             self.pins.clear()
             if handle >= 0:
@@ -501,10 +511,10 @@ class AttachedArena(_Over, ForkAware):
 
     def forget(self) -> None:
         """Nothing reads the control area any more (its reader object is gone)."""
-        with self._lock:
+        with interrupts_deferred(), self._lock:
             self._forgotten = True
             if self._released and self.control:
-                self.inner.release(self.control, self.arena.control_size)
+                self.sharing.unmap(self.control, self.arena.control_size)
                 self.control = 0
 
     def unit_address(self, unit: int) -> int:
@@ -516,16 +526,25 @@ class AttachedArena(_Over, ForkAware):
         return self.base + self.layout.spares_offset + offset - self.arena.spares_offset
 
     def pin(self, unit: int) -> bool:
+        """Pin a unit. It is recorded in ``pins`` first, so that an exception anywhere (a
+        signal handler's) never leaves a lock unrecorded; a record without its lock is
+        harmless, and the reader lets go of records it has no lease for."""
+        self.pins.add(unit)
         if self.sharing.lock(self.handle, FIRST_PIN + unit, exclusive=False):
-            self.pins.add(unit)
             return True
+        self.pins.discard(unit)
         return False
 
     def unpin(self, unit: int) -> None:
-        """Let go of a pin (one that cannot be let go stays until the reader closes)."""
-        self.pins.discard(unit)
-        with contextlib.suppress(PlatformError):
-            self.sharing.unlock(self.handle, FIRST_PIN + unit)
+        """Let go of a pin (one that cannot be let go stays until the reader closes).
+
+        Pins shared with a forked child that could not get an open of its own stay:
+        the child's views depend on them (``orphaned``).
+        """
+        if not (self.orphaned or unit in self._shared_pins):
+            with contextlib.suppress(PlatformError):
+                self.sharing.unlock(self.handle, FIRST_PIN + unit)
+        self.pins.discard(unit)  # last, for the same reason as in ``pin``
 
     def before_fork(self) -> None:
         """Hold this process's pins again through a fresh open, for the child."""
@@ -541,6 +560,7 @@ class AttachedArena(_Over, ForkAware):
             if pins >= 0:
                 self.sharing.close(pins)
             pins = -1
+            self._shared_pins |= self.pins  # the child will read through these: keep them
         self._fork_pins = pins
 
     def after_fork_in_parent(self) -> None:

@@ -188,6 +188,10 @@ class SharedMemory(Protocol):
         """Unmap what ``map`` mapped anywhere."""
         ...
 
+    def blank(self, address: int, size: int) -> None:
+        """Replace what ``map`` mapped with read-only zeros, in one step."""
+        ...
+
     def punch(self, handle: int, offset: int, size: int) -> None:
         """Give back the memory behind a span of the object; it reads as zero afterwards."""
         ...

@@ -78,24 +78,36 @@ class MemfdSharing:
         return fd
 
     def reopen(self, pid: int, handle: int) -> int:
-        """A read-only descriptor of our own for another process's memfd.
+        """A read-only descriptor of our own for another process's memfd, sealed as ours are.
 
-        What the number names is read first (``/memfd:mmkit-arena``), and the open is
-        ``O_NONBLOCK``, so a recycled number naming a FIFO or a device is never waited on.
+        The number is first opened with ``O_PATH``, which touches nothing, and what that
+        names is checked; only then is it opened for reading, through the ``O_PATH``
+        descriptor, so a number reused meanwhile for a FIFO or a device is never opened.
         """
         link = f"/proc/{pid}/fd/{handle}"
-        if not os.readlink(link).startswith(f"/memfd:{NAME} "):
-            raise NotShared(errno.EINVAL, f"{link} is not an mmkit memfd")
-        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-        fd = os.open(link, flags)
+        path = os.open(link, os.O_PATH | os.O_CLOEXEC)
+        try:
+            if not os.readlink(f"/proc/self/fd/{path}").startswith(f"/memfd:{NAME} "):
+                raise NotShared(errno.EINVAL, f"{link} is not an mmkit memfd")
+            flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+            fd = os.open(f"/proc/self/fd/{path}", flags)
+        finally:
+            os.close(path)
         try:
             info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 0:
-                raise NotShared(errno.EINVAL, f"{link} is not an mmkit memfd")
+            sealed = fcntl.fcntl(fd, fcntl.F_GET_SEALS) & SEALS == SEALS
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 0 or not sealed:
+                raise NotShared(
+                    errno.EINVAL, f"{link} is not an mmkit memfd sealed against resizing"
+                )
         except BaseException:
             os.close(fd)
             raise
         return fd
+
+    def blank(self, address: int, size: int) -> None:
+        """Put read-only zeros where a mapping was, in one step: threads may be reading it."""
+        self.memory.blank(address, size)
 
     def size(self, handle: int) -> int:
         return os.fstat(handle).st_size
@@ -105,9 +117,6 @@ class MemfdSharing:
 
     def user(self) -> int:
         return os.geteuid()
-
-    def seals(self, handle: int) -> int:
-        return fcntl.fcntl(handle, fcntl.F_GET_SEALS)
 
     def map(
         self, address: int | None, size: int, handle: int, offset: int, *, writable: bool

@@ -282,6 +282,13 @@ class PosixMemory:
         flags = constants.map_shared | (constants.map_fixed if address is not None else 0)
         return self._map(address, size, prot, flags, fd=fd, offset=offset)
 
+    def blank(self, address: int, size: int) -> None:
+        """Replace a span with private, read-only zeros in one call (no moment unmapped)."""
+        check_span("blank", address, size, self.page_size)
+        constants = self.constants
+        flags = constants.map_fixed | constants.map_private | constants.map_anonymous
+        self._map(address, size, constants.prot_read, flags)
+
     def unmap(self, address: int, size: int) -> None:
         """Unmap a span mapped with ``map_file`` anywhere (not inside a reservation)."""
         check_span("unmap", address, size, self.page_size)

@@ -17,7 +17,9 @@ FORMAT = 1
 """The share format: the token's and the shared memory's layout. Another one is refused."""
 
 _PREFIX = "mmkit-share-"
-_TOKEN = re.compile(r"mmkit-share-(\d{1,4}):(\d{1,10}):(\d{1,10}):(\d{1,10}):([0-9a-f]{32})")
+_TOKEN = re.compile(
+    r"mmkit-share-([0-9]{1,4}):([0-9]{1,10}):([0-9]{1,10}):([0-9]{1,10}):([0-9a-f]{32})"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +49,7 @@ class ShareHandle:
         if len(token) > 256:
             raise AttachError(f"not a share token: {len(token)} characters is too long")
         version = token[len(_PREFIX) :].partition(":")[0] if token.startswith(_PREFIX) else ""
-        if version.isdigit() and int(version) != FORMAT:
+        if version.isascii() and version.isdecimal() and int(version) != FORMAT:
             raise AttachError(
                 f"the token is share format {int(version)}; this mmkit reads format {FORMAT} "
                 "(owner and reader must run compatible mmkit versions)"

@@ -1,0 +1,342 @@
+"""What an adversarial review of sharing found, each kept as a test that runs the attack.
+
+Every scenario runs in a child interpreter with a timeout, and the test asserts on its exit
+code and on what it printed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import mmkit
+from mmkit import AttachError
+from tests.conftest import ROOT, run_python
+from tests.osprobe import describe
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"),
+    reason="mmkit shares memory between processes on Linux only so far (memfd, /proc)",
+)
+
+OWNER = """
+    import mmkit
+    from mmkit import DimensionId, LayerId, MemoryConfig, MmapManager
+    from tests.test_sharing import shared_config, stamp
+    owner = MmapManager(shared_config())
+    owner.load_dimension(1, b"".join(stamp(LayerId(1, i), 0) for i in range(4)))
+    token = str(owner.share())
+"""
+
+
+def run(code: str, timeout: float = 90) -> str:
+    """Run ``OWNER`` then ``code`` in a child; its output, once it exited 0."""
+    source = textwrap.dedent(OWNER) + textwrap.dedent(code)
+    result = run_python(source, timeout=timeout, measured=False)
+    assert result.returncode == 0, describe(result.returncode) + "\n" + result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.timeout(120)
+def test_closing_a_reader_while_threads_read_it() -> None:
+    """The control area stays readable through close: threads racing it get InvalidState."""
+    out = run("""
+        import threading
+        from mmkit import MmkitError
+        for attempt in range(100):
+            reader = mmkit.attach(token)
+            stop = threading.Event()
+            def read():
+                while not stop.is_set():
+                    try:
+                        reader.access_layer(LayerId(1, 0)).release()
+                    except MmkitError:
+                        pass
+            threads = [threading.Thread(target=read) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            reader.close()
+            stop.set()
+            for thread in threads:
+                thread.join()
+        print("survived")
+    """)
+    assert out.strip() == "survived"
+
+
+@pytest.mark.timeout(120)
+def test_racing_threads_always_get_the_layer_they_asked_for() -> None:
+    """A thread that lets a unit go and pins it again for a later table cannot hand another
+    thread, which read the earlier table, a view of the wrong layer."""
+    out = run("""
+        import random, sys, threading
+        sys.setswitchinterval(1e-6)
+        reader = mmkit.attach(token)
+        stop = threading.Event()
+        wrong = []
+        def read():
+            while not stop.is_set():
+                layer = LayerId(1, random.randrange(3))
+                try:
+                    view = reader.access_layer(layer)
+                except mmkit.MmkitError:
+                    continue
+                if view[0] != 1 or view[1] != layer.index:
+                    wrong.append((layer, bytes(view[:2])))
+                view.release()
+        threads = [threading.Thread(target=read) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for version in range(1, 3000):
+            layer = LayerId(1, version % 3)
+            try:
+                owner.update_layer(layer, stamp(layer, version))
+            except mmkit.LimitExceeded:
+                pass
+        stop.set()
+        for thread in threads:
+            thread.join()
+        print("wrong", wrong[:3])
+    """)
+    assert out.strip() == "wrong []"
+
+
+ORPHAN = """
+    import os, resource, sys, mmkit
+    from mmkit import LayerId
+    from tests.test_sharing import stamp
+    reader = mmkit.attach(sys.argv[1])
+    view = reader.access_layer(LayerId(1, 0))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    go_read, go_write = os.pipe()
+    highest = max(map(int, os.listdir("/proc/self/fd")))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+    filler = []
+    try:
+        while True:
+            filler.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass
+    pid = os.fork()
+    for fd in filler:
+        os.close(fd)
+    if pid == 0:
+        code = 3
+        try:
+            os.close(go_write)
+            os.read(go_read, 1)
+            same = bytes(view) == stamp(LayerId(1, 0), 1)
+            try:
+                reader.access_layer(LayerId(1, 1))
+                refused = False
+            except mmkit.InvalidState:
+                refused = True
+            code = 0 if same and refused else 1 + same
+        finally:
+            os._exit(code)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    view.release()
+    reader.stats()  # the parent lets go, but keeps the pins its child reads through
+    print("released", flush=True)
+    sys.stdin.readline()
+    os.write(go_write, b"g")
+    _, status = os.waitpid(pid, 0)
+    sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_reader_forked_without_a_descriptor_to_spare_keeps_its_views() -> None:
+    """At RLIMIT_NOFILE the child cannot get an open of its own: it shares its parent's pins,
+    so the parent keeps them, and the child's views keep their bytes."""
+    from mmkit import LayerId, MmapManager
+    from tests.test_sharing import shared_config, stamp
+
+    with MmapManager(shared_config()) as owner:
+        owner.load_dimension(1, b"".join(stamp(LayerId(1, i), 0) for i in range(4)))
+        owner.update_layer(LayerId(1, 0), stamp(LayerId(1, 0), 1))
+        process = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(ORPHAN), str(owner.share())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        try:
+            assert process.stdout is not None and process.stdin is not None
+            assert process.stdout.readline().strip() == "released"
+            for version in range(2, 8):
+                owner.update_layer(LayerId(1, 0), stamp(LayerId(1, 0), version))
+            process.stdin.write("go\n")
+            process.stdin.flush()
+            assert process.wait(timeout=60) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+
+
+def test_memory_that_is_not_sealed_is_refused() -> None:
+    """A same-user process that hands out a token for an unsealed memfd could shrink it under
+    the reader (SIGBUS): attach refuses what is not sealed against resizing."""
+    import mmap
+    import os
+    import struct
+
+    from mmkit.memory.arena import DESCRIPTION_OFFSET, HEADER, MAGIC, ArenaLayout
+
+    config = mmkit.MemoryConfig(shared=True)
+    arena = ArenaLayout.plan(config, mmap.PAGESIZE)
+    fd = os.memfd_create("mmkit-arena", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, arena.size)
+        nonce = os.urandom(16)
+        header = HEADER.pack(MAGIC, 1, len(arena.description), nonce, os.getpid(), 0, 1, 0)
+        os.pwrite(fd, header, 0)
+        os.pwrite(fd, arena.description, DESCRIPTION_OFFSET)
+        os.pwrite(fd, struct.pack("<Q", arena.offsets[0] | 1), arena.table_offset)
+        token = f"mmkit-share-1:{os.geteuid()}:{os.getpid()}:{fd}:{nonce.hex()}"
+        with pytest.raises(AttachError, match="not mmkit shared memory"):
+            mmkit.attach(token)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_storms_in_attach_and_close_leave_nothing() -> None:
+    out = run(
+        """
+        import gc, os, random, signal
+        def arena():
+            with open("/proc/self/maps") as maps:
+                mapped = sum("mmkit-arena" in line for line in maps)
+            held = 0
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    held += "mmkit-arena" in os.readlink(f"/proc/self/fd/{fd}")
+                except OSError:
+                    pass
+            return mapped, held
+        before = arena()
+        signal.signal(signal.SIGALRM, lambda *_: signal.raise_signal(signal.SIGINT))
+        interrupts = 0
+        for attempt in range(2000):
+            reader = None
+            try:
+                try:
+                    signal.setitimer(signal.ITIMER_REAL, random.uniform(1e-6, 4e-4))
+                    reader = mmkit.attach(token)
+                    reader.access_layer(LayerId(1, attempt % 4)).release()
+                    reader.close()
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+            except KeyboardInterrupt:
+                interrupts += 1
+                if reader is not None:
+                    reader.close()
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        reader = None
+        gc.collect()
+        print(interrupts > 100, arena() == before)
+    """,
+        timeout=110,
+    )
+    assert out.strip() == "True True"
+
+
+@pytest.mark.timeout(120)
+def test_exceptions_from_any_signal_handler_leave_no_pins_behind() -> None:
+    out = run("""
+        import random, signal
+        from mmkit.memory import shared
+        shared.LOCK_PATIENCE = 0.01  # a reader interrupted inside its table lock delays it once
+        reader = mmkit.attach(token)
+        def interrupt(*_):
+            raise RuntimeError("a timeout")
+        signal.signal(signal.SIGALRM, interrupt)
+        for attempt in range(5000):
+            layer = LayerId(1, attempt % 4)
+            try:
+                try:
+                    signal.setitimer(signal.ITIMER_REAL, random.uniform(1e-6, 1e-4))
+                    reader.access_layer(layer).release()
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+            except (RuntimeError, mmkit.MmkitError):
+                pass
+            try:
+                owner.update_layer(layer, stamp(layer, attempt))  # a new table, often
+            except mmkit.LimitExceeded:
+                reader.stats()  # the reader's next call lets go: this one may not have
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        reader.stats()  # the reader lets go of everything no view needs
+        print(owner.stats().reader_pins)
+    """)
+    assert out.strip() == "0"
+
+
+@pytest.mark.timeout(120)
+def test_a_dropped_reader_gives_back_its_mappings_and_pins() -> None:
+    out = run("""
+        import gc
+        def maps():
+            with open("/proc/self/maps") as lines:
+                return sum("mmkit-arena" in line for line in lines)
+        alone = maps()
+        def use():
+            reader = mmkit.attach(token)
+            reader.access_layer(LayerId(1, 0)).release()
+        for _ in range(20):
+            use()
+        gc.collect()
+        print(maps() == alone, owner.stats().reader_pins)
+    """)
+    assert out.strip() == "True 0"
+
+
+@pytest.mark.timeout(120)
+def test_a_stopped_reader_holding_the_table_delays_the_owner_once() -> None:
+    """A reader stopped while it copies the table (SIGSTOP, a debugger) costs the owner one
+    wait for the lock; later publishes do not wait for it."""
+    out = run("""
+        import time
+        from mmkit.memory import shared
+        from mmkit.memory.arena import PUBLISH_BYTE
+        shared.LOCK_PATIENCE = 0.2
+        reader = mmkit.attach(token)
+        memory = reader._memory
+        assert memory.sharing.lock(memory.handle, PUBLISH_BYTE, exclusive=False)  # stopped mid-copy
+        times = []
+        for version in range(1, 6):
+            start = time.monotonic()
+            owner.update_layer(LayerId(1, 0), stamp(LayerId(1, 0), version))
+            times.append(time.monotonic() - start)
+        memory.sharing.unlock(memory.handle, PUBLISH_BYTE)
+        print(times[0] >= 0.2, max(times[1:]) < 0.1)
+        print(bytes(reader.access_layer(LayerId(1, 0))) == stamp(LayerId(1, 0), 5))
+    """)
+    assert out.split() == ["True", "True", "True"]
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "mmkit-share-\u00b2:0:1:3:" + "0" * 32,  # a digit, but not an ASCII one
+        "mmkit-share-1:0:\u0661:3:" + "0" * 32,  # Arabic-Indic one
+    ],
+)
+def test_tokens_with_unicode_digits_are_attach_errors(token: str) -> None:
+    with pytest.raises(AttachError):
+        mmkit.attach(token)
+
+
+def test_a_forged_description_cannot_exhaust_the_reader() -> None:
+    from mmkit.memory.arena import ArenaLayout
+
+    for description in (b"[" * 200_000, b"{}", b"\xff" * 10):
+        with pytest.raises(ValueError, match="not valid"):
+            ArenaLayout.parse(description, mmkit.platform.PAGE_SIZE)
