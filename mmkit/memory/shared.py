@@ -20,6 +20,7 @@ closes; in the child the arena refuses to write, punch or publish.
 from __future__ import annotations
 
 import array
+import bisect
 import contextlib
 import ctypes
 import errno
@@ -133,6 +134,18 @@ class SharedArena(_Over, ForkAware):
         self.published: frozenset[int] = frozenset()
         self.closed = False
         self.forked = False
+        self._layers = arena.layers()
+        self._first_slot: dict[DimensionId, int] = {}
+        for slot, layer in enumerate(self._layers):
+            self._first_slot.setdefault(layer.dimension, slot)
+        # The shared parts of the reservation, in address order: (offset in it, size, in arena)
+        self._shared = [
+            (start, spec.size, offset)
+            for (spec, start), offset in zip(layout.dimensions, arena.offsets, strict=True)
+        ]
+        if layout.spares_size:
+            self._shared.append((layout.spares_offset, layout.spares_size, arena.spares_offset))
+        self._starts = [start for start, _, _ in self._shared]
         self._free = list(range(arena.spare_layers - 1, -1, -1))
         self._unsettled: set[int] = set()
         self._fork_pins = -1
@@ -224,22 +237,17 @@ class SharedArena(_Over, ForkAware):
         """Give readers a new table: where each published layer's bytes are now."""
         if self.forked or self.closed or not self.control:
             return
-        arena = self.arena
-        where = {
-            (dimension, index): lease.address + start
-            for dimension, layer_spans in spans.items()
-            for index, (lease, start, _) in enumerate(layer_spans)
-        }
-        words = array.array("Q", bytes(8 * len(arena.layers())))
-        units = set()
-        for slot, layer in enumerate(arena.layers()):
-            address = where.get((layer.dimension, layer.index))
-            if address is not None:
-                offset = self._offset(address, arena.layer_size)
+        arena, first_slot = self.arena, self._first_slot
+        words = [0] * len(self._layers)
+        units = []
+        for dimension, layer_spans in spans.items():
+            first = first_slot[dimension]
+            for index, (lease, start, _) in enumerate(layer_spans):
+                offset = self._offset(lease.address + start, arena.layer_size)
                 if offset is not None:
-                    words[slot] = offset | 1
-                    units.add(arena.unit_of(offset))
-        self._write_table(words.tobytes(), 0, frozenset(units))
+                    words[first + index] = offset | 1
+                    units.append(arena.unit_of(offset))
+        self._write_table(array.array("Q", words).tobytes(), 0, frozenset(units))
 
     def finish(self) -> None:
         """The owner closes: readers keep the last table, marked closed; nothing is reused
@@ -247,8 +255,7 @@ class SharedArena(_Over, ForkAware):
         if self.forked or self.closed or not self.control:
             return
         self.closed = True
-        arena = self.arena
-        table = ctypes.string_at(self.control + arena.table_offset, 8 * len(arena.layers()))
+        table = ctypes.string_at(self.control + self.arena.table_offset, 8 * len(self._layers))
         self._write_table(table, CLOSED, self.published)
         with contextlib.suppress(PlatformError):
             self.sharing.unlock(self.handle, OWNER_BYTE)
@@ -258,8 +265,7 @@ class SharedArena(_Over, ForkAware):
         no view of it needs any more (readers look at their pins when the table changes)."""
         if self.forked or self.closed or not self.control:
             return
-        arena = self.arena
-        table = ctypes.string_at(self.control + arena.table_offset, 8 * len(arena.layers()))
+        table = ctypes.string_at(self.control + self.arena.table_offset, 8 * len(self._layers))
         self._write_table(table, 0, self.published)
 
     def _write_table(self, table: bytes, flags: int, units: frozenset[int]) -> None:
@@ -376,17 +382,16 @@ class SharedArena(_Over, ForkAware):
 
     def _offset(self, address: int, size: int) -> int | None:
         """The arena offset of a span of the reservation, if it lies in a shared part."""
-        base, layout = self.base, self.layout
-        if not base:
+        if not self.base:
             return None
-        for (spec, start), offset in zip(layout.dimensions, self.arena.offsets, strict=True):
-            low = base + start
-            if low <= address and address + size <= low + spec.size:
-                return offset + address - low
-        low = base + layout.spares_offset
-        if layout.spares_size and low <= address and address + size <= low + layout.spares_size:
-            return self.arena.spares_offset + address - low
-        return None
+        where = address - self.base
+        index = bisect.bisect_right(self._starts, where) - 1
+        if index < 0:
+            return None
+        start, length, offset = self._shared[index]
+        if where + size > start + length:
+            return None
+        return offset + where - start
 
     def _units(self, offset: int, size: int, *, whole: bool = False) -> range:
         """The units a span of the arena touches (``whole``: only those it covers)."""
