@@ -121,6 +121,22 @@ def test_a_handle_is_a_short_token_that_pickles_and_parses_back(owner: MmapManag
     assert owner.share() == handle  # reusable: the same memory, any number of times
 
 
+def test_shared_is_refused_where_mmkit_cannot_share_yet(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmkit.values import config
+
+    monkeypatch.setattr(config, "SHARING", None)
+    with pytest.raises(mmkit.ConfigError, match="does not share memory between processes"):
+        MemoryConfig(shared=True)
+    MemoryConfig()  # a private manager is fine
+
+
+def test_a_reader_knows_the_owners_dimensions(owner: MmapManager) -> None:
+    with mmkit.attach(owner.share()) as reader:
+        assert reader.config.dimensions == owner.config.dimensions
+        assert reader.config.layer_size == owner.config.layer_size
+        assert reader.config.layer_count(1) == 4
+
+
 def test_share_needs_a_shared_manager() -> None:
     with MmapManager(small_config()) as mgr, pytest.raises(InvalidState, match="shared=True"):
         mgr.share()

@@ -84,10 +84,7 @@ class MmapManager(OwnsMemory):
         arena = None
         if config.shared:
             sharing = SHARING if sharing is None else sharing
-            if sharing is None:
-                raise ConfigError(
-                    f"shared=True: mmkit does not share memory between processes on {vm.name} yet"
-                )
+            assert sharing is not None  # MemoryConfig(shared=True) is refused where it is None
             arena = SharedArena(vm, sharing, self._layout, ArenaLayout.plan(config, vm.page_size))
             vm = arena
         self._vm = vm

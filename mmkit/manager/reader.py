@@ -410,6 +410,12 @@ class SharedReader(OwnsMemory):
     def handle(self) -> ShareHandle:
         return self._share
 
+    @property
+    def config(self) -> MemoryConfig:
+        """The owner's dimensions and layer size, as a configuration (``layer_count`` and
+        ``dimension`` answer for the shared data); its limit is the shared data's size."""
+        return self._config
+
     def stats(self) -> ReaderStats:
         """The owner's state, what is published, what this reader maps and pins."""
         with self._lock:

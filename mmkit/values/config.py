@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmkit.platform import PAGE_SIZE
+from mmkit.platform import BACKEND, PAGE_SIZE, SHARING
 from mmkit.values.errors import ConfigError, UnknownDimension
 from mmkit.values.ids import DimensionId
 from mmkit.values.units import MiB
@@ -137,6 +137,11 @@ class MemoryConfig:
             raise ConfigError(f"prefault must be a bool, not {self.prefault!r}")
         if not isinstance(self.shared, bool):
             raise ConfigError(f"shared must be a bool, not {self.shared!r}")
+        if self.shared and SHARING is None:
+            raise ConfigError(
+                f"shared=True: mmkit does not share memory between processes on "
+                f"{BACKEND.name} yet (Linux only, for now)"
+            )
         spares = self.spare_layers
         if isinstance(spares, bool) or not isinstance(spares, int) or not 1 <= spares <= 1 << 20:
             raise ConfigError(f"spare_layers must be an int from 1 to 2**20, not {spares!r}")
