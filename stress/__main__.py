@@ -8,13 +8,14 @@ import time
 import traceback
 from collections.abc import Callable
 
-from stress import concurrency, rlimit, soak, valgrind
+from stress import concurrency, rlimit, sharing, soak, valgrind
 from stress.common import Dataset, Options, Result
 
 Scenario = Callable[[Options], Result]
 SCENARIOS: dict[str, Scenario] = {
     "concurrency": concurrency.run,
     "rlimit": rlimit.run,
+    "sharing": sharing.run,
     "soak": soak.run,
     "valgrind": valgrind.run,
 }
