@@ -625,6 +625,7 @@ def test_a_forked_child_of_the_owner_cannot_change_what_others_see(owner: MmapMa
 @pytest.mark.parametrize("victim", ["owner during load", "owner after publish", "everyone"])
 def test_nothing_is_left_after_processes_are_killed(victim: str) -> None:
     baseline = shmem_kib()
+    names = set(os.listdir("/dev/shm"))
     owner_code = """
         import sys, time, mmkit
         from mmkit import LayerId, MemoryConfig, MmapManager
@@ -681,6 +682,7 @@ def test_nothing_is_left_after_processes_are_killed(victim: str) -> None:
     while arena_users(inode) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert arena_users(inode) == []
+    assert not {name for name in os.listdir("/dev/shm") if "mmkit" in name} - names
     while shmem_kib() - baseline >= 1024 and time.monotonic() < deadline:
         time.sleep(0.05)  # the kernel frees the arena's pages with its last user
     assert shmem_kib() - baseline < 1024
