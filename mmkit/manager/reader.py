@@ -204,13 +204,7 @@ class SharedReader(OwnsMemory):
         self._sharing = sharing
         self._arena_layout = arena
         self._layer_size = arena.layer_size
-        self._config = MemoryConfig(
-            limit=arena.size - arena.control_size,
-            layer_size=arena.layer_size,
-            dimensions=arena.dimensions,
-            shared=True,
-            spare_layers=arena.spare_layers,
-        )
+        self._config = arena.config()
         alignment = max(BACKEND.granularity, BACKEND.huge_page_size)
         layout = plan_layout(self._config, BACKEND.page_size, alignment)
         self._memory = AttachedArena(BACKEND, sharing, fd, layout, arena)

@@ -14,6 +14,7 @@ layers. A pin is a shared lock on byte ``FIRST_PIN + unit`` of the object.
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ class ArenaLayout:
         )
 
     @classmethod
+    @functools.lru_cache(maxsize=8)  # layouts are few, small and immutable
     def parse(cls, description: bytes, page_size: int) -> ArenaLayout:
         """The layout a description written by ``plan`` stands for; ``ValueError`` if none."""
         try:
@@ -135,13 +137,13 @@ class ArenaLayout:
         """Layer homes and spare layers: everything a reader can pin."""
         return (self.size - self.control_size) // self.layer_size
 
-    def layers(self) -> list[LayerId]:
+    def layers(self) -> tuple[LayerId, ...]:
         """Every layer, in table order."""
-        return [
-            LayerId(spec.id, index)
-            for spec in self.dimensions
-            for index in range(spec.size // self.layer_size)
-        ]
+        return _layers(self.dimensions, self.layer_size)
+
+    def config(self) -> MemoryConfig:
+        """A configuration with these dimensions and spare layers, limited to the data."""
+        return _config(self.dimensions, self.layer_size, self.spare_layers)
 
     def unit_offset(self, unit: int) -> int:
         """Where a unit starts in the object."""
@@ -161,3 +163,22 @@ class ArenaLayout:
         if not inside or (offset - self.control_size) % self.layer_size:
             return None
         return offset
+
+
+@functools.lru_cache(maxsize=8)
+def _layers(dimensions: tuple[DimensionSpec, ...], layer_size: int) -> tuple[LayerId, ...]:
+    return tuple(
+        LayerId(spec.id, index) for spec in dimensions for index in range(spec.size // layer_size)
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _config(dimensions: tuple[DimensionSpec, ...], layer_size: int, spares: int) -> MemoryConfig:
+    data = sum(spec.size for spec in dimensions) + spares * layer_size
+    return MemoryConfig(
+        limit=data,
+        layer_size=layer_size,
+        dimensions=dimensions,
+        shared=True,
+        spare_layers=spares,
+    )
