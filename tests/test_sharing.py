@@ -490,17 +490,17 @@ def test_the_kernel_refuses_a_reader_that_writes(owner: MmapManager) -> None:
         try:
             mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except PermissionError:
-            print("writable map refused")
+            print("writable map refused", flush=True)
         try:
             os.pwrite(fd, b"X", 0)
         except OSError as exc:
-            print("pwrite refused", errno.errorcode[exc.errno])
+            print("pwrite refused", errno.errorcode[exc.errno], flush=True)
         libc = ctypes.CDLL(None, use_errno=True)
         view = reader.access_layer(mmkit.LayerId(1, 0))
         address = mmkit.address_of(view)
         libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
         if libc.mprotect(address, 4096, 3) != 0:
-            print("mprotect refused", errno.errorcode[ctypes.get_errno()])
+            print("mprotect refused", errno.errorcode[ctypes.get_errno()], flush=True)
         ctypes.c_char.from_address(address).value = b"X"
     """
     result = run_python(code, timeout=60, measured=False)
