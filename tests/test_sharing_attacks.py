@@ -384,3 +384,115 @@ def test_a_forged_description_cannot_exhaust_the_reader() -> None:
     for description in (b"[" * 200_000, b"{}", b"\xff" * 10):
         with pytest.raises(ValueError, match="not valid"):
             ArenaLayout.parse(description, mmkit.platform.PAGE_SIZE)
+
+
+# -- the second review -----------------------------------------------------------------------
+
+
+def test_reads_stay_lock_free_after_calls_that_let_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call that lets go of idle pins (``stats``) must not send later reads of the layers
+    still pinned down the locked path."""
+    from mmkit import LayerId, MmapManager
+    from mmkit.manager.reader import SharedReader
+    from tests.test_sharing import every_layer, shared_config, stamp
+
+    with MmapManager(shared_config()) as owner:
+        for spec in owner.config.dimensions:
+            count = spec.size // owner.config.layer_size
+            owner.load_dimension(
+                spec.id, b"".join(stamp(LayerId(spec.id, i), 0) for i in range(count))
+            )
+        with mmkit.attach(owner.share()) as reader:
+            layers = every_layer(owner.config)
+            held = [reader.access_layer(layer) for layer in layers]  # every unit stays pinned
+            slow: list[object] = []
+            real = SharedReader._access_slow
+
+            def counted(self: SharedReader, layer: object) -> memoryview:
+                slow.append(layer)
+                return real(self, layer)
+
+            monkeypatch.setattr(SharedReader, "_access_slow", counted)
+            for _ in range(3):
+                reader.stats()  # lets go of what it can, shows the rest again
+                for layer in layers:
+                    reader.access_layer(layer).release()
+            assert slow == [] or not mmkit.manager.dimension.SHARED_VIEWS
+            for view in held:
+                view.release()
+
+
+def test_a_refused_eviction_is_invisible_to_readers() -> None:
+    """An eviction refused because a reader elsewhere holds the dimension changes nothing
+    another reader can see: it stays loaded throughout."""
+    from mmkit import DimensionId, LayerId, MmapManager
+    from tests.test_sharing import shared_config
+
+    with MmapManager(shared_config()) as owner:
+        owner.load_dimension(1)  # zeros: evictable
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(owner.share())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        try:
+            assert holder.stdout is not None and holder.stdin is not None
+            assert holder.stdout.readline().strip() == "holding"
+            with mmkit.attach(owner.share()) as watcher:
+                generation = watcher.stats().generation
+                for _ in range(20):
+                    assert not owner.evict(DimensionId(1))
+                    assert watcher.is_loaded(1) and owner.is_loaded(1)
+                    watcher.access_layer(LayerId(1, 0)).release()
+                # refusals published nothing but, at most, reminders to let go
+                assert watcher.stats().generation - generation <= 2
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+            assert holder.wait(timeout=30) == 0
+            assert owner.evict(DimensionId(1))
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+                holder.wait(timeout=30)
+
+
+HOLDER = textwrap.dedent("""
+    import sys, mmkit
+    from mmkit import LayerId
+    reader = mmkit.attach(sys.argv[1])
+    view = reader.access_layer(LayerId(1, 0))
+    print("holding", flush=True)
+    sys.stdin.readline()
+""")
+
+
+@pytest.mark.timeout(120)
+def test_a_fork_without_a_descriptor_to_spare_keeps_only_what_was_in_use() -> None:
+    """If the owner cannot pin for a forked child, what was in use then is never reused;
+    what came later still is, once the child is gone."""
+    out = run("""
+        import os, resource
+        owner.update_layer(LayerId(1, 1), stamp(LayerId(1, 1), 1))  # a spare layer in use
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        highest = max(map(int, os.listdir("/proc/self/fd")))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        filler = []
+        try:
+            while True:
+                filler.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        os.waitpid(pid, 0)
+        for version in range(2, 40):  # spare layers turn over: only the kept ones stay
+            owner.update_layer(LayerId(1, 2), stamp(LayerId(1, 2), version))
+        print(owner.stats().spare_layers_free)
+    """)
+    assert int(out) >= 1

@@ -12,7 +12,9 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -145,12 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     facts = machine.measure(settings)
     data = Dataset()
     outcomes: dict[str, Outcome] = {}
+    terminate = _exit_on_sigterm()
     try:
         for name in selected:
             print(f"running {name}…", file=sys.stderr, flush=True)
             outcomes[name] = chosen[name](settings, data)
     finally:
         data.cleanup()
+        if terminate is not None:
+            signal.signal(signal.SIGTERM, terminate)
     took = time.perf_counter() - started
     rows = [row for outcome in outcomes.values() for row in outcome.rows]
     sections = [facts.render()]
@@ -169,3 +174,15 @@ def main(argv: list[str] | None = None) -> int:
         }
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def _exit_on_sigterm() -> signal.Handlers | Callable[..., object] | int | None:
+    """Make a plain ``kill`` unwind like Ctrl-C, so the dataset and the peers' temporary
+    files are removed; the handler it replaced (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminated(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, terminated)

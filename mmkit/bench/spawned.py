@@ -36,7 +36,7 @@ STOP_SECONDS = 5.0
 Work = Callable[..., None]
 
 
-class WorkerFailed(Exception):
+class WorkerFailed(MmkitError):
     """A worker died, reported an error, or did not answer before the deadline."""
 
 
@@ -154,9 +154,13 @@ class Spawned:
         return [answers[n] for n in range(len(self._processes))]
 
     def send(self, message: object) -> None:
-        """The same message to every worker."""
-        for link in self._links:
-            link.send(message)
+        """The same message to every worker; ``WorkerFailed`` naming one that is gone."""
+        for n, (link, process) in enumerate(zip(self._links, self._processes, strict=True), 1):
+            try:
+                link.send(message)
+            except (BrokenPipeError, ConnectionResetError):
+                who = f"{self._name} {n} (process {process.pid})"
+                raise WorkerFailed(f"{who} {_death(process)}") from None
 
     def close(self, *, patient: bool = True) -> None:
         """Hang up and let the workers exit until the deadline (if ``patient``); stop the rest.

@@ -129,17 +129,19 @@ class LoadedDimension:
         If one is still held, the dimension stays whole: the leases that did close are
         replaced by fresh ones over the same memory, ready to be published again.
         """
-        closed = [lease.close() for lease in self.leases()]
-        if all(closed):
+        if all([lease.close() for lease in self.leases()]):
             return True
-        homes = len(self.homes)
-        for index, done in enumerate(closed[:homes]):
-            if done:
-                self.homes[index] = self._home(index)
-        for (index, copy), done in zip(list(self.copies.items()), closed[homes:], strict=True):
-            if done:
-                self.copies[index] = Lease(copy.address, copy.size)
+        self.reopen()
         return False
+
+    def reopen(self) -> None:
+        """Replace each closed lease with a fresh one over the same memory."""
+        for index, home in enumerate(self.homes):
+            if not home.open:
+                self.homes[index] = self._home(index)
+        for index, copy in list(self.copies.items()):
+            if not copy.open:
+                self.copies[index] = Lease(copy.address, copy.size)
 
     def replace_layer(self, index: int, copy: Lease) -> tuple[Lease | None, memoryview]:
         """Make ``copy`` layer ``index``; return the copy it replaces and the view to release.

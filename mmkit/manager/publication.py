@@ -57,8 +57,9 @@ class Publication:
     def state(self) -> ManagerState:
         return self.table.state
 
-    def publish(self, state: ManagerState | None = None) -> None:
-        """Replace the table with one made from ``loaded`` (and ``state``, if given)."""
+    def publish(self, state: ManagerState | None = None, *, mirror: bool = True) -> None:
+        """Replace the table with one made from ``loaded`` (and ``state``, if given), and
+        give it to readers in other processes too unless not ``mirror``."""
         state = self.table.state if state is None else state
         layers = {dimension: loaded.views for dimension, loaded in self.loaded.items()}
         spans = {dimension: loaded.spans for dimension, loaded in self.loaded.items()}
@@ -69,7 +70,7 @@ class Publication:
             state in _OPEN_STATES,
             state is ManagerState.ACTIVE,
         )
-        if self.arena is not None:
+        if mirror and self.arena is not None:
             self.arena.publish(spans)
 
     def add(self, loaded: LoadedDimension) -> None:
@@ -77,18 +78,18 @@ class Publication:
         state = self.table.state
         self.publish(ManagerState.LOADED if state is ManagerState.ALLOCATED else state)
 
-    def withdraw(self, dimension: DimensionId) -> LoadedDimension:
+    def withdraw(self, dimension: DimensionId, *, mirror: bool = True) -> LoadedDimension:
         """Take a dimension out of the table and release its views; the caller decides next."""
         loaded = self.loaded.pop(dimension)
-        self.publish()
+        self.publish(mirror=mirror)
         loaded.withdraw()
         return loaded
 
-    def restore(self, loaded: LoadedDimension) -> None:
+    def restore(self, loaded: LoadedDimension, *, mirror: bool = True) -> None:
         """Publish a withdrawn dimension again, over the same memory."""
         loaded.publish()
         self.loaded[loaded.spec.id] = loaded
-        self.publish()
+        self.publish(mirror=mirror)
 
     def refresh(self, dimension: DimensionId) -> LoadedDimension:
         """Fresh views for a dimension whose published views someone released."""

@@ -259,11 +259,23 @@ class SharedReader(OwnsMemory):
                 unit = table.entries.get(plain)
                 if unit is None:
                     raise self._missing(plain, table)
-                if unit in self._leases or self._pin(unit, table):
+                lease = self._leases.get(unit)
+                if lease is not None and not lease.open:  # let go of, then interrupted
+                    del self._leases[unit]
+                    self._memory.unpin(unit)
+                    lease = None
+                if lease is None:
+                    if not self._pin(unit, table):
+                        continue  # the owner published meanwhile: read its new table
                     lease = self._leases[unit]
-                    table.ready[plain] = self._shown[unit] if SHARED_VIEWS else lease
-                    return lease.view()
-                # the owner published meanwhile: read its new table
+                if SHARED_VIEWS:
+                    shown = self._shown.get(unit)
+                    if shown is None:  # a let-go interrupted before it showed a new one
+                        shown = self._shown[unit] = lease.view()
+                    table.ready[plain] = shown
+                else:
+                    table.ready[plain] = lease
+                return lease.view()
 
     def _pin(self, unit: int, table: _Table) -> bool:
         """Pin a unit and make its lease (and the view threads slice, under a GIL), if the
@@ -290,16 +302,21 @@ class SharedReader(OwnsMemory):
                 raise
             return True
 
-    def _refresh(self) -> _Table:
-        """The owner's current table (copied again if it published since), having let go of
-        the pins no view needs any more; under the lock."""
+    def _refresh(self, *, let_go: bool = False) -> _Table:
+        """The owner's current table (copied again if it published since); under the lock.
+
+        Pins no view needs any more are let go of when the table changed, or if ``let_go``
+        (the calls that are not reads): not on a read that only pins, or readers that take
+        one layer after another would let go of each as they take the next.
+        """
         if self._holdings.closed:
             raise InvalidState("the reader is closed")
         if self._memory.orphaned:
             raise InvalidState("this forked copy of a reader could not keep its pins; attach again")
         table = self._table
         if self._generation.value == table.generation:
-            self._let_go()
+            if let_go:
+                self._let_go()
             return table
         generation, flags, raw = self._copy_table()
         arena = self._arena_layout
@@ -361,7 +378,10 @@ class SharedReader(OwnsMemory):
                     finally:
                         self._memory.unpin(unit)
                 elif SHARED_VIEWS:
-                    self._shown[unit] = lease.view()
+                    shown = self._shown[unit] = lease.view()
+                    ready, entries = self._table.ready, self._table.entries
+                    for layer in [layer for layer in ready if entries[layer] == unit]:
+                        ready[layer] = shown  # the fast path goes on with the new view
             for unit in self._memory.pins - self._leases.keys():
                 self._memory.unpin(unit)  # pinned, then interrupted before its lease was made
 
@@ -389,7 +409,7 @@ class SharedReader(OwnsMemory):
         """Whether the owner has a dimension published now."""
         spec = self._config.dimension(dimension)
         with self._lock:
-            return spec.id in self._refresh().loaded
+            return spec.id in self._refresh(let_go=True).loaded
 
     def regions(self) -> tuple[Region, ...]:
         """The dimension regions as mapped in this process, in address order."""
@@ -413,7 +433,7 @@ class SharedReader(OwnsMemory):
     def stats(self) -> ReaderStats:
         """The owner's state, what is published, what this reader maps and pins."""
         with self._lock:
-            table = self._refresh()
+            table = self._refresh(let_go=True)
             memory = self._memory
             pinned = len(self._leases) * self._layer_size
             owner = self._sharing.locked(memory.handle, OWNER_BYTE)

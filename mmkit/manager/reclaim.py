@@ -61,10 +61,13 @@ class Spans:
             ) from None
         del self.stray[address]
 
-    def pinned(self, leases: list[Lease]) -> bool:
-        """Whether a reader in another process may still reach any of these spans."""
+    def pinned(self, leases: list[Lease], *, published: bool = True) -> bool:
+        """Whether a reader in another process may still reach any of these spans (see
+        ``SharedArena.pinned``)."""
         arena = self.arena
-        return arena is not None and any(arena.pinned(lease.address) for lease in leases)
+        return arena is not None and any(
+            arena.pinned(lease.address, published=published) for lease in leases
+        )
 
     def reclaim(self, copy: Lease) -> None:
         """Return a closed layer copy to the pool (writable again, then freed and zeroed), or

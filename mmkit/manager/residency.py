@@ -84,15 +84,26 @@ class Residency:
 
     def evict(self, dimension: DimensionId) -> bool:
         """Drop a dimension if it is provably reloadable and no reader holds any of it."""
-        published = self._published
+        published, spans = self._published, self._spans
         loaded = published.loaded.get(dimension)
         if loaded is None or not self.provable(loaded):
             return False
-        published.withdraw(dimension)
-        if self._spans.pinned(loaded.leases()) or not loaded.close():
-            published.restore(loaded)
+        # Readers in other processes are asked first and last: first, so that one holding it
+        # does not see it come and go (nothing changes); last, once they cannot find it any
+        # more, because one may have pinned it in between.
+        if spans.pinned(loaded.leases(), published=False):
+            return self._refuse(loaded)
+        published.withdraw(dimension, mirror=False)  # from this process's readers first
+        if not loaded.close():
+            published.restore(loaded, mirror=False)
             self.pinned += loaded.data_bytes
             return False
+        if spans.arena is not None:
+            published.publish()
+            if spans.pinned(loaded.leases()):
+                loaded.reopen()
+                published.restore(loaded)
+                return self._refuse(loaded)
         self._spans.give_back(loaded.region.address, loaded.region.size)
         for copy in loaded.copies.values():
             self._spans.reclaim(copy)
@@ -100,6 +111,14 @@ class Residency:
         self.data -= loaded.data_bytes
         self.evictions += 1
         return True
+
+    def _refuse(self, loaded: LoadedDimension) -> bool:
+        """Readers in other processes hold some of it: count it as pinned, and remind them to
+        let go of what no view of theirs needs any more. False."""
+        self.pinned += loaded.data_bytes
+        if self._spans.arena is not None:
+            self._spans.arena.remind()
+        return False
 
     def provable(self, loaded: LoadedDimension) -> bool:
         """Whether the bytes in memory can be loaded back exactly as they are, checked now."""

@@ -57,6 +57,10 @@ it copies it, so longer means a stopped reader), and a reader for the owner to f
 writing it (longer means a stopped owner)."""
 
 
+REMIND_EVERY = 0.1
+"""Seconds between the owner's reminders to readers to let go of idle pins."""
+
+
 def wait_for_lock(sharing: SharedMemory, handle: int, byte: int, *, exclusive: bool) -> bool:
     """Take a byte lock, polling for up to ``LOCK_PATIENCE`` seconds; False if it stays held."""
     if sharing.lock(handle, byte, exclusive=exclusive):
@@ -149,8 +153,9 @@ class SharedArena(_Over, ForkAware):
         self._free = list(range(arena.spare_layers - 1, -1, -1))
         self._unsettled: set[int] = set()
         self._fork_pins = -1
-        self._keep_all = False
+        self._kept: set[int] = set()  # in use at a fork whose pins could not be made
         self._impatient = False
+        self._reminded = 0.0
         self._lock = ForkSafeLock()
         watch_fork(self)
 
@@ -260,6 +265,14 @@ class SharedArena(_Over, ForkAware):
         with contextlib.suppress(PlatformError):
             self.sharing.unlock(self.handle, OWNER_BYTE)
 
+    def remind(self) -> None:
+        """``nudge``, at most every ``REMIND_EVERY`` seconds: for refused evictions, which a
+        resident limit retries at every write."""
+        now = time.monotonic()
+        if now - self._reminded >= REMIND_EVERY:
+            self._reminded = now
+            self.nudge()
+
     def nudge(self) -> None:
         """Publish the same table again: every reader's next call then lets go of the pins
         no view of it needs any more (readers look at their pins when the table changes)."""
@@ -290,14 +303,15 @@ class SharedArena(_Over, ForkAware):
             with contextlib.suppress(PlatformError):  # else held by us until the next publish
                 self.sharing.unlock(self.handle, PUBLISH_BYTE)  # a no-op if not taken
 
-    def pinned(self, address: int) -> bool:
+    def pinned(self, address: int, *, published: bool = True) -> bool:
         """Whether a reader may still reach the unit at ``address``: it is in the table readers
-        have, or some open of the arena other than ours holds a pin on it."""
+        have (unless not ``published``: asking before withdrawing it), or some open of the
+        arena other than ours holds a pin on it, or a child forked while it was in use may."""
         offset = self._offset(address, self.page_size)
         if offset is None:
             return False
         unit = self.arena.unit_of(offset)
-        if self.forked or self._keep_all or unit in self.published:
+        if self.forked or unit in self._kept or (published and unit in self.published):
             return True
         with self._lock:
             try:
@@ -408,7 +422,7 @@ class SharedArena(_Over, ForkAware):
     def before_fork(self) -> None:
         """Pin every unit in use through a fresh open, for the child to keep.
 
-        If that fails, nothing in use now is ever reused: the child may still read it.
+        If that fails, nothing in use now is ever reused (``_kept``): the child may read it.
         """
         if self.forked or self.handle < 0 or not self.busy:
             return
@@ -419,7 +433,7 @@ class SharedArena(_Over, ForkAware):
                 if not self.sharing.lock(pins, FIRST_PIN + unit, exclusive=False):
                     raise OSError(errno.EAGAIN, "pin refused")
         except OSError:
-            self._keep_all = True
+            self._kept |= self.busy
             if pins >= 0:
                 self.sharing.close(pins)
             return
@@ -506,6 +520,7 @@ class AttachedArena(_Over, ForkAware):
                 self._released = True
                 control, size = self.control, self.arena.control_size
                 if self._forgotten:
+                    self.control = 0  # first: a forget run by a collection in between is a no-op
                     self.sharing.unmap(control, size)
                 else:
                     self.sharing.blank(control, size)
