@@ -31,10 +31,12 @@ SESSION_SECONDS = 120.0
 
 
 class Session(NamedTuple):
-    """One run of a peer with N readers: PSS of all its processes, and its wall time in ns."""
+    """One run of a peer with N readers: PSS of all its processes (and their share of shared
+    memory alone), and its wall time in ns."""
 
     pss: int
     wall: float
+    shmem: int = 0
 
 
 def checksums(data: Dataset) -> Layers:
@@ -47,8 +49,8 @@ def checksums(data: Dataset) -> Layers:
     return Layers(config.layer_size, tuple(found))
 
 
-def _total_pss(pids: list[int]) -> int:
-    return sum(size for size in map(pss, pids) if size is not None)
+def _total_pss(pids: list[int], kind: str = "Pss") -> int:
+    return sum(size for size in (pss(pid, kind) for pid in pids) if size is not None)
 
 
 def session(peer: Peer, readers: int, directory: Path, layers: Layers) -> Session:
@@ -66,9 +68,10 @@ def session(peer: Peer, readers: int, directory: Path, layers: Layers) -> Sessio
         group.gather("reading every layer")
         wall = float(time.perf_counter_ns() - started)
         total = _total_pss(owner.pids + group.pids)
+        shmem = _total_pss(owner.pids + group.pids, "Pss_Shmem")
         group.send("done")
         owner.send("done")
-    return Session(total, wall)
+    return Session(total, wall, shmem)
 
 
 def baseline() -> int:
@@ -106,6 +109,7 @@ def _render(results: dict[int, dict[str, list[Session]]], data_size: int) -> str
         ours_wall = statistics.median(s.wall for s in ours)
         for name, sessions in per_peer.items():
             total = statistics.median(s.pss for s in sessions)
+            shmem = statistics.median(s.shmem for s in sessions)
             wall = statistics.median(s.wall for s in sessions)
             rows.append(
                 (
@@ -114,11 +118,21 @@ def _render(results: dict[int, dict[str, list[Session]]], data_size: int) -> str
                     format_size(round(total)),
                     f"{total / data_size:.2f}",
                     f"{total / ours_pss:.2f}",
+                    f"{shmem / data_size:.2f}" if shmem else "—",
                     format_ns(wall),
                     f"{wall / ours_wall:.2f}",
                 )
             )
-    headers = ("readers", "peer", "total PSS", "÷ data", "× mmkit", "wall", "× mmkit")
+    headers = (
+        "readers",
+        "peer",
+        "total PSS",
+        "÷ data",
+        "× mmkit",
+        "shared ÷ data",
+        "wall",
+        "× mmkit",
+    )
     return table(headers, rows)
 
 
@@ -132,8 +146,9 @@ def share(settings: Settings, data: Dataset, workers_max: int = max(READERS)) ->
     size = data.config().dimensions_size
     lines = [
         f"share: an owner and N readers, each reader reading every layer ({format_size(size)}) "
-        "against its stored CRC-32;\ntotal PSS of them all once every reader has read; wall "
-        "from starting the readers to the last done\n"
+        "against its stored CRC-32;\ntotal PSS of them all once every reader has read (shared: "
+        "their Pss_Shmem alone, the shared memory); wall from starting the readers to the last "
+        "done\n"
         f"(medians of {rounds}; × mmkit: against mmkit shared with as many readers, same run)",
         _render(results, size),
         f"an idle spawned worker (interpreter and imports, no data): {format_size(baseline())} "
