@@ -7,9 +7,11 @@ code and on what it printed.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -17,6 +19,8 @@ import mmkit
 from mmkit import AttachError
 from tests.conftest import ROOT, run_python
 from tests.osprobe import describe
+
+UNMEASURED = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_PROCESS")}
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"),
@@ -256,7 +260,7 @@ STORMED_READER = """
     def interrupt(*_):
         raise RuntimeError("a timeout")
     signal.signal(signal.SIGALRM, interrupt)
-    for attempt in range(5000):
+    for attempt in range(2000):
         try:
             try:
                 signal.setitimer(signal.ITIMER_REAL, random.uniform(1e-6, 1e-4))
@@ -267,8 +271,8 @@ STORMED_READER = """
             pass
     signal.signal(signal.SIGALRM, signal.SIG_IGN)
     print("done", flush=True)
-    sys.stdin.readline()  # the owner has published since
-    print(reader.stats().pinned, flush=True)  # and the reader has let go of all it could
+    sys.stdin.readline()
+    print(reader.stats().pinned, flush=True)  # a call: the reader lets go of all it can
     sys.stdin.readline()
 """
 
@@ -291,6 +295,7 @@ def test_exceptions_from_any_signal_handler_leave_no_pins_behind() -> None:
             stderr=subprocess.DEVNULL,  # the exceptions the collector's callbacks ignore
             text=True,
             cwd=ROOT,
+            env=UNMEASURED,  # a storm of exceptions is no place for coverage's tracer
         )
         try:
             assert reader.stdout is not None and reader.stdin is not None
@@ -301,12 +306,13 @@ def test_exceptions_from_any_signal_handler_leave_no_pins_behind() -> None:
                 layer = LayerId(1, version % 4)
                 with contextlib.suppress(mmkit.LimitExceeded):  # the reader's next call lets go
                     owner.update_layer(layer, stamp(layer, version))
+                time.sleep(0.001)  # a new table a millisecond: the reader copies many
             assert reader.stdout.readline().strip() == "done"
-            owner.update_layer(LayerId(1, 0), stamp(LayerId(1, 0), 0))  # a new table
             reader.stdin.write("\n")
             reader.stdin.flush()
-            assert reader.stdout.readline().strip() == "0"
+            assert reader.stdout.readline().strip() == "0"  # it let go of all it could
             assert owner.stats().reader_pins == 0
+            owner.update_layer(LayerId(1, 0), stamp(LayerId(1, 0), 0))  # nothing holds spares
             reader.stdin.write("\n")
             reader.stdin.flush()
             assert reader.wait(timeout=30) == 0
