@@ -9,11 +9,11 @@ and on what it read. Leaks are checked against the whole system: ``/proc/*/maps`
 from __future__ import annotations
 
 import ast
+import contextlib
 import gc
 import multiprocessing
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import textwrap
@@ -21,6 +21,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -166,6 +167,13 @@ def test_share_after_close_is_refused() -> None:
 def test_a_malformed_token_is_an_attach_error_at_once(token: object, problem: str) -> None:
     with pytest.raises(AttachError, match=problem.replace("not bytes", "bytes")):
         mmkit.attach(token)
+
+
+def test_a_sharing_backend_that_is_not_one_is_refused(owner: MmapManager) -> None:
+    with pytest.raises(mmkit.ConfigError, match="sharing must be a SharedMemory"):
+        MmapManager(shared_config(), sharing=object())  # type: ignore[arg-type]
+    with pytest.raises(AttachError, match="sharing must be a SharedMemory"):
+        mmkit.attach(owner.share(), sharing=object())  # type: ignore[arg-type]
 
 
 def test_a_token_of_an_exited_process_is_refused() -> None:
@@ -418,49 +426,84 @@ READER_THAT_HOLDS = """
 """
 
 
-class Reader:
-    """A reader in another process, driven over its stdin."""
+C = TypeVar("C", bound="Child")
 
-    def __init__(self, token: str) -> None:
+
+class Child:
+    """A script in another interpreter, talked to a line at a time over its stdin and stdout;
+    killed if it still runs when the ``with`` block ends."""
+
+    def __init__(
+        self,
+        script: str,
+        *args: str,
+        stderr: int = subprocess.PIPE,
+        env: dict[str, str] | None = None,
+        start_new_session: bool = False,
+    ) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(READER_THAT_HOLDS), token],
+            [sys.executable, "-c", textwrap.dedent(script), *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=stderr,
             text=True,
             cwd=ROOT,
+            env=env,
+            start_new_session=start_new_session,
         )
-        assert self.line() == "holding"
 
     def line(self) -> str:
         assert self.process.stdout is not None
         return self.process.stdout.readline().strip()
 
-    def send(self, command: str) -> str:
+    def say(self, text: str = "") -> None:
         assert self.process.stdin is not None
-        self.process.stdin.write(command + "\n")
+        self.process.stdin.write(text + "\n")
         self.process.stdin.flush()
+
+    def wait(self, timeout: float = 30) -> int:
+        """Its exit code, with its stdin closed first (end of input)."""
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            self.process.stdin.close()
+        return self.process.wait(timeout=timeout)
+
+    def errors(self) -> str:
+        return self.process.stderr.read() if self.process.stderr is not None else ""
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def __enter__(self: C) -> C:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process.poll() is None:
+            self.kill()
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+class Reader(Child):
+    """``READER_THAT_HOLDS``, attached to ``token`` and holding a view of D01/L00."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__(READER_THAT_HOLDS, token)
+        assert self.line() == "holding"
+
+    def send(self, command: str) -> str:
+        self.say(command)
         answer = self.line()
         if command == "check":
             assert self.line() == "ok"
         return answer
 
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.communicate(timeout=30)
-
-    def finish(self) -> int:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        self.process.communicate(timeout=30)
-        return self.process.returncode
-
 
 @pytest.mark.timeout(60)
 def test_a_reader_process_holds_replaced_layers_until_it_dies(owner: MmapManager) -> None:
     layer = LayerId(1, 0)
-    reader = Reader(str(owner.share()))
-    try:
+    with Reader(str(owner.share())) as reader:
         for version in range(1, 5):  # the reader takes a view of each version
             owner.update_layer(layer, stamp(layer, version))
             assert reader.send("take") == "ok"
@@ -476,9 +519,6 @@ def test_a_reader_process_holds_replaced_layers_until_it_dies(owner: MmapManager
         owner.update_layer(layer, stamp(layer, 5))
         for version in range(6, 12):
             owner.update_layer(layer, stamp(layer, version))
-    finally:
-        if reader.process.poll() is None:
-            reader.kill()
 
 
 @pytest.mark.timeout(60)
@@ -527,20 +567,11 @@ def test_a_reader_keeps_reading_after_its_owner_is_killed() -> None:
         print(mgr.share(), flush=True)
         sys.stdin.read()
     """
-    owner = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
-        assert owner.stdout is not None
-        token = owner.stdout.readline().strip()
+    with Child(code) as owner:
+        token = owner.line()
         reader = mmkit.attach(token)
         held = reader.access_layer(LayerId(1, 0))
         owner.kill()
-        owner.wait(timeout=30)
         assert not reader.stats().owner_alive
         assert bytes(held) == stamp(LayerId(1, 0), 0)
         assert bytes(reader.access_layer(LayerId(1, 3))) == stamp(LayerId(1, 3), 8)
@@ -549,10 +580,6 @@ def test_a_reader_keeps_reading_after_its_owner_is_killed() -> None:
             mmkit.attach(token)
         held.release()
         reader.close()
-    finally:
-        if owner.poll() is None:
-            owner.kill()
-            owner.wait(timeout=30)
     assert not [user for user in arena_users() if user.startswith(f"{os.getpid()}:")]
 
 
@@ -645,40 +672,23 @@ def test_nothing_is_left_after_processes_are_killed(victim: str) -> None:
             if i == 20:
                 print("updating", flush=True)
     """
-    owner = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(owner_code), victim],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    readers: list[subprocess.Popen[str]] = []
-    try:
-        assert owner.stdout is not None
-        token = owner.stdout.readline().strip()
+    with contextlib.ExitStack() as processes:
+        owner = processes.enter_context(Child(owner_code, victim, start_new_session=True))
+        token = owner.line()
         handle = ShareHandle.parse(token)
         inode = os.stat(f"/proc/{handle.pid}/fd/{handle.handle}").st_ino
-        readers = [Reader(token).process for _ in range(2)]
+        readers = [processes.enter_context(Reader(token)) for _ in range(2)]
         assert len(arena_users(inode)) == 6  # the owner and the readers, each maps and holds
         if victim != "owner during load":
-            assert owner.stdout.readline().strip() == "updating"
+            assert owner.line() == "updating"
         else:
             time.sleep(0.3)
-        owner.send_signal(signal.SIGKILL)
-        owner.wait(timeout=30)
-        if victim == "everyone":
-            for process in readers:
-                process.kill()
-        for process in readers:
-            if process.poll() is None:
-                assert process.stdin is not None
-                process.stdin.close()
-            process.wait(timeout=30)
-    finally:
-        for process in [owner, *readers]:
-            if process.poll() is None:
-                process.kill()
-                process.wait(timeout=30)
+        owner.kill()  # SIGKILL
+        for reader in readers:
+            if victim == "everyone":
+                reader.kill()
+            else:
+                reader.wait()
     deadline = time.monotonic() + 10
     while arena_users(inode) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -756,20 +766,10 @@ VERIFYING_READER = """
 @pytest.mark.timeout(120)
 def test_readers_in_other_processes_see_whole_layers_in_order(owner: MmapManager) -> None:
     token = str(owner.share())
-    readers = [
-        subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(VERIFYING_READER), token],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        for _ in range(2)
-    ]
-    try:
-        for process in readers:
-            assert process.stdout is not None
-            assert process.stdout.readline().strip() == "ready"
+    with contextlib.ExitStack() as processes:
+        readers = [processes.enter_context(Child(VERIFYING_READER, token)) for _ in range(2)]
+        for reader in readers:
+            assert reader.line() == "ready"
         updates = [(LayerId(1, version % 4), version) for version in range(1, 201)]
         updates += [(LayerId(1, index), 200) for index in range(4)]  # all end at the last
         for layer, version in updates:
@@ -779,15 +779,9 @@ def test_readers_in_other_processes_see_whole_layers_in_order(owner: MmapManager
                     break
                 except LimitExceeded:  # readers slower than the owner hold the spare layers
                     time.sleep(0.001)
-        for process in readers:
-            out, err = process.communicate(timeout=60)
-            assert process.returncode == 0, err
-            assert out.startswith("reads")
-    finally:
-        for process in readers:
-            if process.poll() is None:
-                process.kill()
-                process.wait(timeout=30)
+        for reader in readers:
+            assert reader.wait(timeout=60) == 0, reader.errors()
+            assert reader.line().startswith("reads")
 
 
 @pytest.mark.timeout(120)
@@ -894,24 +888,10 @@ FORKING_READER = """
 @pytest.mark.timeout(60)
 def test_a_forked_reader_keeps_its_views_with_pins_of_its_own(owner: MmapManager) -> None:
     layer = LayerId(2, 0)
-    process = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(FORKING_READER), str(owner.share())],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
-        assert process.stdout is not None and process.stdin is not None
-        assert process.stdout.readline().strip() == "released"
+    with Child(FORKING_READER, str(owner.share())) as reader:
+        assert reader.line() == "released"
         for version in range(1, 6):  # its home stays pinned by the child alone
             owner.update_layer(layer, stamp(layer, version))
         assert owner.stats().reader_pins == PAGE_SIZE
-        process.stdin.write("updated\n")
-        process.stdin.flush()
-        assert process.wait(timeout=30) == 0, process.stderr.read() if process.stderr else ""
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
+        reader.say("updated")
+        assert reader.wait() == 0, reader.errors()

@@ -12,13 +12,15 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 
 import pytest
 
 import mmkit
 from mmkit import AttachError
-from tests.conftest import ROOT, run_python
+from tests.conftest import run_python
 from tests.osprobe import describe
+from tests.test_sharing import Child
 
 UNMEASURED = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_PROCESS")}
 
@@ -109,25 +111,37 @@ def test_racing_threads_always_get_the_layer_they_asked_for() -> None:
     assert out.strip() == "wrong []"
 
 
-ORPHAN = """
-    import os, resource, sys, mmkit
+FORK_WITHOUT_DESCRIPTORS = """
+    import os, resource
+    def fork_without_descriptors():
+        # os.fork() while the process can open no more descriptors (as the fork hooks run)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        highest = max(map(int, os.listdir("/proc/self/fd")))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        filler = []
+        try:
+            while True:
+                filler.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
+        pid = os.fork()
+        for fd in filler:
+            os.close(fd)
+        if pid:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        return pid
+"""
+
+ORPHAN = (
+    FORK_WITHOUT_DESCRIPTORS
+    + """
+    import sys, mmkit
     from mmkit import LayerId
     from tests.test_sharing import stamp
     reader = mmkit.attach(sys.argv[1])
     view = reader.access_layer(LayerId(1, 0))
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     go_read, go_write = os.pipe()
-    highest = max(map(int, os.listdir("/proc/self/fd")))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
-    filler = []
-    try:
-        while True:
-            filler.append(os.open("/dev/null", os.O_RDONLY))
-    except OSError:
-        pass
-    pid = os.fork()
-    for fd in filler:
-        os.close(fd)
+    pid = fork_without_descriptors()
     if pid == 0:
         code = 3
         try:
@@ -142,7 +156,6 @@ ORPHAN = """
             code = 0 if same and refused else 1 + same
         finally:
             os._exit(code)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     view.release()
     reader.stats()  # the parent lets go, but keeps the pins its child reads through
     print("released", flush=True)
@@ -151,6 +164,7 @@ ORPHAN = """
     _, status = os.waitpid(pid, 0)
     sys.exit(os.waitstatus_to_exitcode(status))
 """
+)
 
 
 @pytest.mark.timeout(120)
@@ -163,26 +177,12 @@ def test_a_reader_forked_without_a_descriptor_to_spare_keeps_its_views() -> None
     with MmapManager(shared_config()) as owner:
         owner.load_dimension(1, b"".join(stamp(LayerId(1, i), 0) for i in range(4)))
         owner.update_layer(LayerId(1, 0), stamp(LayerId(1, 0), 1))
-        process = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(ORPHAN), str(owner.share())],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        try:
-            assert process.stdout is not None and process.stdin is not None
-            assert process.stdout.readline().strip() == "released"
+        with Child(ORPHAN, str(owner.share())) as reader:
+            assert reader.line() == "released"
             for version in range(2, 8):
                 owner.update_layer(LayerId(1, 0), stamp(LayerId(1, 0), version))
-            process.stdin.write("go\n")
-            process.stdin.flush()
-            assert process.wait(timeout=60) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(timeout=30)
+            reader.say("go")
+            assert reader.wait(timeout=60) == 0, reader.errors()
 
 
 def test_memory_that_is_not_sealed_is_refused() -> None:
@@ -283,44 +283,42 @@ def test_exceptions_from_any_signal_handler_leave_no_pins_behind() -> None:
     raises) while the owner publishes all along holds no pin, once it calls again, beyond
     what its views need: none."""
     from mmkit import LayerId, MmapManager
-    from mmkit.memory import shared
     from tests.test_sharing import shared_config, stamp
 
     with MmapManager(shared_config()) as owner:
         owner.load_dimension(1, b"".join(stamp(LayerId(1, i), 0) for i in range(4)))
-        reader = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(STORMED_READER), str(owner.share())],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
+        storm = Child(
+            STORMED_READER,
+            str(owner.share()),
             stderr=subprocess.DEVNULL,  # the exceptions the collector's callbacks ignore
-            text=True,
-            cwd=ROOT,
             env=UNMEASURED,  # a storm of exceptions is no place for coverage's tracer
         )
-        try:
-            assert reader.stdout is not None and reader.stdin is not None
-            shared.LOCK_PATIENCE = 0.01  # a reader interrupted inside the table lock: once
+        with storm as reader, patience(0.01):  # a reader stopped inside the table lock: once
             version = 0
-            while not select_ready(reader.stdout):
+            while not select_ready(reader.process.stdout):
                 version += 1
                 layer = LayerId(1, version % 4)
                 with contextlib.suppress(mmkit.LimitExceeded):  # the reader's next call lets go
                     owner.update_layer(layer, stamp(layer, version))
                 time.sleep(0.001)  # a new table a millisecond: the reader copies many
-            assert reader.stdout.readline().strip() == "done"
-            reader.stdin.write("\n")
-            reader.stdin.flush()
-            assert reader.stdout.readline().strip() == "0"  # it let go of all it could
+            assert reader.line() == "done"
+            reader.say()
+            assert reader.line() == "0"  # it let go of all it could
             assert owner.stats().reader_pins == 0
             owner.update_layer(LayerId(1, 0), stamp(LayerId(1, 0), 0))  # nothing holds spares
-            reader.stdin.write("\n")
-            reader.stdin.flush()
-            assert reader.wait(timeout=30) == 0
-        finally:
-            shared.LOCK_PATIENCE = 2.0
-            if reader.poll() is None:
-                reader.kill()
-                reader.wait(timeout=30)
+            assert reader.wait() == 0
+
+
+@contextlib.contextmanager
+def patience(seconds: float) -> Iterator[None]:
+    """How long the owner waits for a reader's hold on the table, for a while."""
+    from mmkit.memory import shared
+
+    before, shared.LOCK_PATIENCE = shared.LOCK_PATIENCE, seconds
+    try:
+        yield
+    finally:
+        shared.LOCK_PATIENCE = before
 
 
 def select_ready(stream: object) -> bool:
@@ -436,16 +434,8 @@ def test_a_refused_eviction_is_invisible_to_readers() -> None:
 
     with MmapManager(shared_config()) as owner:
         owner.load_dimension(1)  # zeros: evictable
-        holder = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, str(owner.share())],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        try:
-            assert holder.stdout is not None and holder.stdin is not None
-            assert holder.stdout.readline().strip() == "holding"
+        with Child(HOLDER, str(owner.share())) as holder:
+            assert holder.line() == "holding"
             with mmkit.attach(owner.share()) as watcher:
                 generation = watcher.stats().generation
                 for _ in range(20):
@@ -454,51 +444,36 @@ def test_a_refused_eviction_is_invisible_to_readers() -> None:
                     watcher.access_layer(LayerId(1, 0)).release()
                 # refusals published nothing but, at most, reminders to let go
                 assert watcher.stats().generation - generation <= 2
-            holder.stdin.write("\n")
-            holder.stdin.flush()
-            assert holder.wait(timeout=30) == 0
+            holder.say()
+            assert holder.wait() == 0
             assert owner.evict(DimensionId(1))
-        finally:
-            if holder.poll() is None:
-                holder.kill()
-                holder.wait(timeout=30)
 
 
-HOLDER = textwrap.dedent("""
+HOLDER = """
     import sys, mmkit
     from mmkit import LayerId
     reader = mmkit.attach(sys.argv[1])
     view = reader.access_layer(LayerId(1, 0))
     print("holding", flush=True)
     sys.stdin.readline()
-""")
+"""
 
 
 @pytest.mark.timeout(120)
 def test_a_fork_without_a_descriptor_to_spare_keeps_only_what_was_in_use() -> None:
     """If the owner cannot pin for a forked child, what was in use then is never reused;
     what came later still is, once the child is gone."""
-    out = run("""
-        import os, resource
+    out = run(
+        textwrap.dedent(FORK_WITHOUT_DESCRIPTORS)
+        + textwrap.dedent("""
         owner.update_layer(LayerId(1, 1), stamp(LayerId(1, 1), 1))  # a spare layer in use
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        highest = max(map(int, os.listdir("/proc/self/fd")))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
-        filler = []
-        try:
-            while True:
-                filler.append(os.open("/dev/null", os.O_RDONLY))
-        except OSError:
-            pass
-        pid = os.fork()
+        pid = fork_without_descriptors()
         if pid == 0:
             os._exit(0)
-        for fd in filler:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         os.waitpid(pid, 0)
         for version in range(2, 40):  # spare layers turn over: only the kept ones stay
             owner.update_layer(LayerId(1, 2), stamp(LayerId(1, 2), version))
         print(owner.stats().spare_layers_free)
     """)
+    )
     assert int(out) >= 1

@@ -58,24 +58,33 @@ def slicer(view: memoryview) -> Access:
     return access
 
 
-def access(settings: Settings, data: Dataset) -> Outcome:
-    """Case 1: ``access_layer`` against slicing a memoryview of a stdlib mmap (1 MiB layers)."""
-    calls = settings.scale(200_000, 50_000)
-    manager = MmapManager(MemoryConfig())
+def against_slices(
+    access: Access, layer: LayerId, calls: int, repeat: int
+) -> tuple[list[float], list[float]]:
+    """ns per call of ``access(layer)`` and of slicing a layer out of a memoryview of a stdlib
+    mmap, interleaved."""
     stdlib = mmap.mmap(-1, 16 * MiB)
     whole = memoryview(stdlib)
     try:
-        manager.load_dimension(1)
-        layer = LayerId(1, 3)
-        manager.access_layer(layer)
-        mine, theirs = interleave(
-            per_call(manager.access_layer, layer, calls),
-            per_call(slicer(whole), layer, calls),
-            settings.repeat * 3,
+        access(layer)
+        return interleave(
+            per_call(access, layer, calls), per_call(slicer(whole), layer, calls), repeat
         )
     finally:
         whole.release()
         stdlib.close()
+
+
+def access(settings: Settings, data: Dataset) -> Outcome:
+    """Case 1: ``access_layer`` against slicing a memoryview of a stdlib mmap (1 MiB layers)."""
+    calls = settings.scale(200_000, 50_000)
+    manager = MmapManager(MemoryConfig())
+    try:
+        manager.load_dimension(1)
+        mine, theirs = against_slices(
+            manager.access_layer, LayerId(1, 3), calls, settings.repeat * 3
+        )
+    finally:
         manager.close()
     return Outcome(
         [compare("access_layer vs memoryview slice (per call)", mine, theirs, Goal("≤", 2.0))]

@@ -11,7 +11,6 @@ spin on ``access_layer`` and note when each stamp first shows; CLOCK_MONOTONIC
 from __future__ import annotations
 
 import itertools
-import mmap
 import multiprocessing
 import statistics
 import struct
@@ -21,7 +20,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
-from mmkit.bench.cases import per_call, slicer
+from mmkit.bench.cases import against_slices
 from mmkit.bench.data import Dataset
 from mmkit.bench.harness import Outcome, Row, Settings, compare, format_ns, interleave, table
 from mmkit.bench.share_peers import open_shared_memory
@@ -31,7 +30,6 @@ from mmkit.manager.reader import attach
 from mmkit.values.config import MemoryConfig
 from mmkit.values.ids import LayerId
 from mmkit.values.share import ShareHandle
-from mmkit.values.units import MiB
 
 SECONDS = 120.0
 """The most the spawned readers of each measurement get: the case never hangs."""
@@ -65,19 +63,8 @@ def probe(link: Connection, handle: ShareHandle, name: str, settings: Settings) 
     attaches, calls = settings.scale(200, 50), settings.scale(200_000, 50_000)
     repeat = settings.repeat * 3
     opened = interleave(partial(_attach_ns, handle), partial(_open_ns, name), attaches)
-    buffer = mmap.mmap(-1, 16 * MiB)
-    whole = memoryview(buffer)
-    try:
-        with attach(handle) as reader:
-            reader.access_layer(LAYER)
-            accessed = interleave(
-                per_call(reader.access_layer, LAYER, calls),
-                per_call(slicer(whole), LAYER, calls),
-                repeat,
-            )
-    finally:
-        whole.release()
-        buffer.close()
+    with attach(handle) as reader:
+        accessed = against_slices(reader.access_layer, LAYER, calls, repeat)
     link.send((opened, accessed))
 
 
@@ -122,18 +109,7 @@ def timings(manager: MmapManager, settings: Settings) -> list[Row]:
     finally:
         memory.close()
         memory.unlink()
-    buffer = mmap.mmap(-1, 16 * MiB)
-    whole = memoryview(buffer)
-    try:
-        manager.access_layer(LAYER)
-        owned = interleave(
-            per_call(manager.access_layer, LAYER, calls),
-            per_call(slicer(whole), LAYER, calls),
-            repeat,
-        )
-    finally:
-        whole.release()
-        buffer.close()
+    owned = against_slices(manager.access_layer, LAYER, calls, repeat)
     attach_ns, open_ns = opened
     p99 = _quantile(attach_ns, 0.99), _quantile(open_ns, 0.99)
     return [

@@ -77,6 +77,8 @@ class MmapManager(OwnsMemory):
             raise ConfigError(f"config must be a MemoryConfig, not {type(config).__name__}")
         if backend is not None and not isinstance(backend, VirtualMemory):
             raise ConfigError(f"backend must be a VirtualMemory, not {type(backend).__name__}")
+        if sharing is not None and not isinstance(sharing, SharedMemory):
+            raise ConfigError(f"sharing must be a SharedMemory, not {type(sharing).__name__}")
         self._config = config
         vm = BACKEND if backend is None else backend
         alignment = max(vm.granularity, vm.huge_page_size)

@@ -103,6 +103,8 @@ def attach(handle: object, *, sharing: SharedMemory | None = None) -> SharedRead
     replaces the OS's calls (for tests that make them fail).
     """
     share = ShareHandle.parse(handle)
+    if sharing is not None and not isinstance(sharing, SharedMemory):
+        raise AttachError(f"sharing must be a SharedMemory, not {type(sharing).__name__}")
     sharing = SHARING if sharing is None else sharing
     if sharing is None:
         raise AttachError(f"mmkit does not share memory between processes on {BACKEND.name} yet")
