@@ -131,6 +131,8 @@ class FaultySharing:
         self.inner = inner
         self.clock = clock
         self.name = f"faulty-{inner.name}"
+        self.gives_back = inner.gives_back
+        self.gives_back = inner.gives_back
 
     def _check(self, call: str, *arguments: object) -> None:
         self.clock._check(call, *arguments)

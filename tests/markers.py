@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from mmkit.platform import SHARING
+
 procfs = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads /proc, which only Linux has"
 )
@@ -48,4 +50,12 @@ merged_neighbours = pytest.mark.skipif(
     sys.platform == "darwin",
     reason="macOS keeps neighbouring map entries apart once each has its own VM object "
     "(vm_map_simplify_entry merges only entries of one object)",
+)
+sharing = pytest.mark.skipif(
+    sys.platform == "win32" or SHARING is None,
+    reason="mmkit does not share memory between processes on Windows yet",
+)
+memfd_sharing = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or SHARING is None or SHARING.name != "memfd",
+    reason="about Linux's sharing backend (a sealed memfd, whatever the size of /dev/shm)",
 )

@@ -39,16 +39,17 @@ from mmkit import (
     NotLoaded,
     ShareHandle,
 )
-from mmkit.platform import PAGE_SIZE
+from mmkit.platform import BACKEND, PAGE_SIZE, SHARING
+from tests import markers
 from tests.conftest import ROOT, run_python, small_config
+from tests.faults import FaultyMemory, FaultySharing
 from tests.osprobe import crashed, describe
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"),
-    reason="mmkit shares memory between processes on Linux only so far (memfd, /proc)",
-)
-
-ARENA = "memfd:mmkit-arena"
+pytestmark = markers.sharing
+MEMFD = SHARING is not None and SHARING.name == "memfd"
+"""Linux's backend; the other is macOS's (``shm``), which Linux runs with MMKIT_SHARING=shm."""
+ARENA = "memfd:mmkit-arena" if MEMFD else "/dev/shm/mmkit-"
+"""How /proc shows the arena (an unlinked POSIX shared memory object is a /dev/shm file)."""
 
 
 def stamp(layer: LayerId, version: int) -> bytes:
@@ -131,6 +132,15 @@ def test_shared_is_refused_where_mmkit_cannot_share_yet(monkeypatch: pytest.Monk
     MemoryConfig()  # a private manager is fine
 
 
+def test_a_resident_limit_is_refused_where_shared_memory_cannot_be_given_back() -> None:
+    assert SHARING is not None
+    keeper = FaultySharing(SHARING, FaultyMemory(BACKEND))
+    keeper.gives_back = False  # as macOS's shm_open objects
+    with pytest.raises(mmkit.ConfigError, match="cannot give part of itself back"):
+        MmapManager(shared_config(resident_limit=8 * PAGE_SIZE), sharing=keeper)
+    MmapManager(shared_config(), sharing=keeper).close()  # without a resident limit, fine
+
+
 def test_a_reader_knows_the_owners_dimensions(owner: MmapManager) -> None:
     with mmkit.attach(owner.share()) as reader:
         assert reader.config.dimensions == owner.config.dimensions
@@ -206,7 +216,8 @@ def test_a_token_whose_number_names_something_else_is_refused(
         fd = other.share().handle
     try:
         forged = ShareHandle(handle.uid, handle.pid, fd, handle.nonce)
-        with pytest.raises(AttachError, match=r"not mmkit|another manager"):
+        # memfd: the number is opened and refused; shm: no owner listens for that number
+        with pytest.raises(AttachError, match=r"not mmkit|another manager|does not exist"):
             mmkit.attach(forged)
     finally:
         if which == "another arena":
@@ -244,7 +255,9 @@ def test_another_user_cannot_attach(owner: MmapManager) -> None:
     """
     result = run_python(code, timeout=60, measured=False)
     assert result.returncode == 0, result.stderr
-    assert "refused: not allowed to open" in result.stdout
+    # memfd: /proc refuses the other user; shm: the token's owner is not in this user's
+    # directory of owners, which no other user can enter
+    assert ("refused: not allowed to open" if MEMFD else "does not exist") in result.stdout
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -554,8 +567,7 @@ def test_the_kernel_refuses_a_reader_that_writes(owner: MmapManager) -> None:
     assert bytes(view) == stamp(LayerId(1, 0), 0)
 
 
-@pytest.mark.timeout(60)
-def test_a_reader_keeps_reading_after_its_owner_is_killed() -> None:
+def read_after_the_owner_is_killed() -> None:
     code = """
         import sys, mmkit
         from mmkit import LayerId, MemoryConfig, MmapManager
@@ -580,6 +592,17 @@ def test_a_reader_keeps_reading_after_its_owner_is_killed() -> None:
             mmkit.attach(token)
         held.release()
         reader.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_reader_keeps_reading_after_its_owner_is_killed() -> None:
+    read_after_the_owner_is_killed()
+
+
+@markers.procfs
+@pytest.mark.timeout(60)
+def test_a_reader_of_a_killed_owner_leaves_nothing_once_closed() -> None:
+    read_after_the_owner_is_killed()
     assert not [user for user in arena_users() if user.startswith(f"{os.getpid()}:")]
 
 
@@ -649,6 +672,7 @@ def test_a_forked_child_of_the_owner_cannot_change_what_others_see(owner: MmapMa
 # -- nothing outlives its processes ---------------------------------------------------------
 
 
+@markers.procfs
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("victim", ["owner during load", "owner after publish", "everyone"])
 def test_nothing_is_left_after_processes_are_killed(victim: str) -> None:
@@ -697,8 +721,17 @@ def test_nothing_is_left_after_processes_are_killed(victim: str) -> None:
     while shmem_kib() - baseline >= 1024 and time.monotonic() < deadline:
         time.sleep(0.05)  # the kernel frees the arena's pages with its last user
     assert shmem_kib() - baseline < 1024
+    if not MEMFD:  # a killed owner's socket is its one trace: the next owner removes it
+        from mmkit.platform.shm import directory
+
+        stale = directory() / f"{handle.pid}-{handle.handle}"
+        assert stale.is_socket()
+        with MmapManager(shared_config()) as mgr:
+            mgr.share()
+        assert not stale.exists()
 
 
+@markers.memfd_sharing
 @pytest.mark.timeout(120)
 def test_a_small_dev_shm_does_not_matter(tmp_path: Path) -> None:
     if os.geteuid() != 0 or not Path("/usr/bin/unshare").exists():

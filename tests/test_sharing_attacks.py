@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -18,16 +17,14 @@ import pytest
 
 import mmkit
 from mmkit import AttachError
+from tests import markers
 from tests.conftest import run_python
 from tests.osprobe import describe
 from tests.test_sharing import Child
 
 UNMEASURED = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_PROCESS")}
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"),
-    reason="mmkit shares memory between processes on Linux only so far (memfd, /proc)",
-)
+pytestmark = markers.sharing
 
 OWNER = """
     import mmkit
@@ -167,6 +164,7 @@ ORPHAN = (
 )
 
 
+@markers.procfs
 @pytest.mark.timeout(120)
 def test_a_reader_forked_without_a_descriptor_to_spare_keeps_its_views() -> None:
     """At RLIMIT_NOFILE the child cannot get an open of its own: it shares its parent's pins,
@@ -185,6 +183,7 @@ def test_a_reader_forked_without_a_descriptor_to_spare_keeps_its_views() -> None
             assert reader.wait(timeout=60) == 0, reader.errors()
 
 
+@markers.memfd_sharing
 def test_memory_that_is_not_sealed_is_refused() -> None:
     """A same-user process that hands out a token for an unsealed memfd could shrink it under
     the reader (SIGBUS): attach refuses what is not sealed against resizing."""
@@ -211,6 +210,7 @@ def test_memory_that_is_not_sealed_is_refused() -> None:
         os.close(fd)
 
 
+@markers.procfs
 @pytest.mark.timeout(120)
 def test_ctrl_c_storms_in_attach_and_close_leave_nothing() -> None:
     out = run(
@@ -327,6 +327,7 @@ def select_ready(stream: object) -> bool:
     return bool(select.select([stream], [], [], 0)[0])
 
 
+@markers.procfs
 @pytest.mark.timeout(120)
 def test_a_dropped_reader_gives_back_its_mappings_and_pins() -> None:
     out = run("""
@@ -459,6 +460,7 @@ HOLDER = """
 """
 
 
+@markers.procfs
 @pytest.mark.timeout(120)
 def test_a_fork_without_a_descriptor_to_spare_keeps_only_what_was_in_use() -> None:
     """If the owner cannot pin for a forked child, what was in use then is never reused;

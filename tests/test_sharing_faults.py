@@ -18,14 +18,12 @@ import pytest
 import mmkit
 from mmkit import LayerId, MmapManager, MmkitError
 from mmkit.platform import BACKEND, PAGE_SIZE, SHARING
+from tests import markers
 from tests.faults import FaultyMemory, FaultySharing
 from tests.osprobe import address_space_bytes
 from tests.test_sharing import shared_config, stamp
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"),
-    reason="mmkit shares memory between processes on Linux only so far (memfd, /proc)",
-)
+pytestmark = markers.sharing
 
 Operation = Callable[[MmapManager], object]
 
@@ -102,7 +100,7 @@ def test_a_failed_call_leaves_owner_and_readers_as_they_were(name: str, persiste
 
 
 def descriptors() -> int:
-    return len(os.listdir("/proc/self/fd"))
+    return len(os.listdir("/proc/self/fd" if sys.platform.startswith("linux") else "/dev/fd"))
 
 
 @pytest.mark.parametrize("persistent", [False, True], ids=["once", "from-then-on"])

@@ -8,20 +8,16 @@ reader has called again, the refused call goes through.
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import mmkit
 from mmkit import DimensionId, LayerId, LimitExceeded, MmapManager, NotLoaded
+from tests import markers
 from tests.test_sharing import shared_config, stamp
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"),
-    reason="mmkit shares memory between processes on Linux only so far (memfd, /proc)",
-)
+pytestmark = markers.sharing
 
 CONFIG = shared_config(spare_layers=3)
 LAYERS = [

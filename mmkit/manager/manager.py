@@ -86,7 +86,8 @@ class MmapManager(OwnsMemory):
         arena = None
         if config.shared:
             sharing = SHARING if sharing is None else sharing
-            assert sharing is not None  # MemoryConfig(shared=True) is refused where it is None
+            config.check_sharing(sharing)
+            assert sharing is not None
             arena = SharedArena(vm, sharing, self._layout, ArenaLayout.plan(config, vm.page_size))
             vm = arena
         self._vm = vm

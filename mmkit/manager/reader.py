@@ -134,7 +134,7 @@ def _open(sharing: SharedMemory, share: ShareHandle) -> int:
             f"{where} is not mmkit shared memory any more (the owner exited or closed its "
             "manager, and the number was reused)"
         ) from None
-    except (FileNotFoundError, ProcessLookupError):
+    except (FileNotFoundError, ProcessLookupError, ConnectionRefusedError):
         raise AttachError(
             f"{where} does not exist: the owner exited or closed its manager"
         ) from None

@@ -73,12 +73,18 @@ PAGE_SIZE: int = BACKEND.page_size
 
 
 def _make_sharing() -> SharedMemory | None:
-    if sys.platform == "linux":
+    if sys.platform == "linux" and os.environ.get("MMKIT_SHARING") != "shm":
         from mmkit.platform.memfd import MemfdSharing
         from mmkit.platform.posix import PosixMemory
 
         assert isinstance(BACKEND, PosixMemory)
         return MemfdSharing(BACKEND)
+    if sys.platform != "win32":  # macOS; on Linux too with MMKIT_SHARING=shm, for its tests
+        from mmkit.platform.posix import PosixMemory
+        from mmkit.platform.shm import ShmSharing
+
+        assert isinstance(BACKEND, PosixMemory)
+        return ShmSharing(BACKEND)
     return None
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import errno
+import os
 from typing import Protocol, runtime_checkable
 
 
@@ -155,6 +157,8 @@ class SharedMemory(Protocol):
     """
 
     name: str
+    gives_back: bool
+    """Whether ``punch`` returns memory to the OS (else it does nothing)."""
 
     def create(self, size: int) -> int:
         """A new shared object of ``size`` zero bytes that nobody can resize, open read-write."""
@@ -193,7 +197,8 @@ class SharedMemory(Protocol):
         ...
 
     def punch(self, handle: int, offset: int, size: int) -> None:
-        """Give back the memory behind a span of the object; it reads as zero afterwards."""
+        """Give back the memory behind a span of the object, which then reads as zero (where
+        ``gives_back``; elsewhere it does nothing)."""
         ...
 
     def lock(self, handle: int, byte: int, *, exclusive: bool) -> bool:
@@ -207,6 +212,18 @@ class SharedMemory(Protocol):
         ...
 
     def close(self, handle: int) -> None: ...
+
+
+def os_error(call: str, arguments: str, exc: OSError) -> PlatformError:
+    """A ``PlatformError`` for an ``OSError`` the standard library raised for ``call``."""
+    code = exc.errno or errno.EIO
+    return PlatformError(
+        call,
+        arguments,
+        code,
+        os.strerror(code),
+        exhausted=code in (errno.ENOMEM, errno.ENOSPC, errno.EMFILE, errno.ENFILE),
+    )
 
 
 def align_down(value: int, alignment: int) -> int:

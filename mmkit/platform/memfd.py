@@ -18,15 +18,16 @@ import ctypes
 import errno
 import os
 import stat
-import struct
 import sys
 
-from mmkit.platform.base import NotShared, PlatformError
+from mmkit.platform.base import NotShared, PlatformError, os_error
 from mmkit.platform.posix import PosixMemory
 
 assert sys.platform == "linux"
 
 import fcntl  # noqa: E402  (after the platform assertion, which mypy reads)
+
+from mmkit.platform.bytelocks import LOCK_FAILED, flock, flock_kind  # noqa: E402
 
 MFD_CLOEXEC = 0x1
 MFD_ALLOW_SEALING = 0x2
@@ -36,25 +37,12 @@ SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 NAME = "mmkit-arena"
 """What ``/proc/<pid>/fd/<n>`` links to: ``/memfd:mmkit-arena (deleted)``."""
 
-_FLOCK = struct.Struct("@hhqqi4x")  # struct flock: type, whence, start, len, pid
-_LOCK_FAILED = frozenset({errno.EAGAIN, errno.EACCES})
-
-
-def _error(call: str, arguments: str, exc: OSError) -> PlatformError:
-    code = exc.errno or errno.EIO
-    return PlatformError(
-        call,
-        arguments,
-        code,
-        os.strerror(code),
-        exhausted=code in (errno.ENOMEM, errno.ENOSPC, errno.EMFILE, errno.ENFILE),
-    )
-
 
 class MemfdSharing:
     """``SharedMemory`` for Linux: memfd, ``/proc`` reopening, OFD byte locks."""
 
     name = "memfd"
+    gives_back = True
 
     def __init__(self, memory: PosixMemory) -> None:
         self.memory = memory
@@ -68,13 +56,14 @@ class MemfdSharing:
         try:
             fd = os.memfd_create(NAME, MFD_CLOEXEC | MFD_ALLOW_SEALING)
         except OSError as exc:
-            raise _error("memfd_create", f"{NAME!r}, MFD_CLOEXEC|MFD_ALLOW_SEALING", exc) from None
+            flags = "MFD_CLOEXEC|MFD_ALLOW_SEALING"
+            raise os_error("memfd_create", f"{NAME!r}, {flags}", exc) from None
         try:
             os.ftruncate(fd, size)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
         except OSError as exc:
             os.close(fd)
-            raise _error("ftruncate+F_ADD_SEALS", f"{fd}, {size}", exc) from None
+            raise os_error("ftruncate+F_ADD_SEALS", f"{fd}, {size}", exc) from None
         return fd
 
     def reopen(self, pid: int, handle: int) -> int:
@@ -143,28 +132,28 @@ class MemfdSharing:
         """Lock one byte of the file for this open, without waiting: False if another has it."""
         kind = fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK
         try:
-            fcntl.fcntl(handle, fcntl.F_OFD_SETLK, _FLOCK.pack(kind, os.SEEK_SET, byte, 1, 0))
+            fcntl.fcntl(handle, fcntl.F_OFD_SETLK, flock(kind, byte))
         except OSError as exc:
-            if exc.errno in _LOCK_FAILED:
+            if exc.errno in LOCK_FAILED:
                 return False
-            raise _error("fcntl", f"{handle}, F_OFD_SETLK, byte {byte}", exc) from None
+            raise os_error("fcntl", f"{handle}, F_OFD_SETLK, byte {byte}", exc) from None
         return True
 
     def unlock(self, handle: int, byte: int) -> None:
-        request = _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, byte, 1, 0)
+        request = flock(fcntl.F_UNLCK, byte)
         try:
             fcntl.fcntl(handle, fcntl.F_OFD_SETLK, request)
         except OSError as exc:
-            raise _error("fcntl", f"{handle}, F_OFD_SETLK F_UNLCK, byte {byte}", exc) from None
+            raise os_error("fcntl", f"{handle}, F_OFD_SETLK F_UNLCK, byte {byte}", exc) from None
 
     def locked(self, handle: int, byte: int) -> bool:
         """Whether another open of the file holds a lock on ``byte`` (any kind)."""
-        request = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, byte, 1, 0)
+        request = flock(fcntl.F_WRLCK, byte)
         try:
             answer = fcntl.fcntl(handle, fcntl.F_OFD_GETLK, request)
         except OSError as exc:
-            raise _error("fcntl", f"{handle}, F_OFD_GETLK, byte {byte}", exc) from None
-        return bool(_FLOCK.unpack(answer)[0] != fcntl.F_UNLCK)
+            raise os_error("fcntl", f"{handle}, F_OFD_GETLK, byte {byte}", exc) from None
+        return flock_kind(answer) != fcntl.F_UNLCK
 
     def close(self, handle: int) -> None:
         os.close(handle)

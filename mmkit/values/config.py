@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmkit.platform import BACKEND, PAGE_SIZE, SHARING
+from mmkit.platform import BACKEND, PAGE_SIZE, SHARING, SharedMemory
 from mmkit.values.errors import ConfigError, UnknownDimension
 from mmkit.values.ids import DimensionId
 from mmkit.values.units import MiB
@@ -137,11 +137,8 @@ class MemoryConfig:
             raise ConfigError(f"prefault must be a bool, not {self.prefault!r}")
         if not isinstance(self.shared, bool):
             raise ConfigError(f"shared must be a bool, not {self.shared!r}")
-        if self.shared and SHARING is None:
-            raise ConfigError(
-                f"shared=True: mmkit does not share memory between processes on "
-                f"{BACKEND.name} yet (Linux only, for now)"
-            )
+        if self.shared:
+            self.check_sharing(SHARING)
         spares = self.spare_layers
         if isinstance(spares, bool) or not isinstance(spares, int) or not 1 <= spares <= 1 << 20:
             raise ConfigError(f"spare_layers must be an int from 1 to 2**20, not {spares!r}")
@@ -160,6 +157,19 @@ class MemoryConfig:
             object.__setattr__(self, "data_dir", Path(text))
         object.__setattr__(self, "dimensions", tuple(sorted(dims, key=lambda d: d.id)))
         object.__setattr__(self, "_by_id", by_id)
+
+    def check_sharing(self, sharing: SharedMemory | None) -> None:
+        """Refuse ``shared=True`` where ``sharing`` cannot do what the configuration asks."""
+        if sharing is None:
+            raise ConfigError(
+                f"shared=True: mmkit does not share memory between processes on "
+                f"{BACKEND.name} yet (Linux and macOS only, for now)"
+            )
+        if self.resident_limit is not None and not sharing.gives_back:
+            raise ConfigError(
+                f"resident_limit with shared=True: {sharing.name} shared memory cannot give "
+                "part of itself back to the OS, so evicting would free nothing"
+            )
 
     @property
     def dimensions_size(self) -> int:
