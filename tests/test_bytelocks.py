@@ -177,6 +177,7 @@ def test_a_child_that_cannot_take_its_locks_leaves_them_with_the_parent(
         os.waitpid(pid, 0)
         assert LOCKS.kept(a) == {9}
         LOCKS.unlock(a, 9)
+        assert LOCKS.locked(a, 9)  # to this open too: nothing here may rewrite what it guards
         assert seen(lockfile, 9) == "r"  # the child might have read through it: kept
     finally:
         LOCKS.close(a)

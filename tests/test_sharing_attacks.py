@@ -479,3 +479,80 @@ def test_a_fork_without_a_descriptor_to_spare_keeps_only_what_was_in_use() -> No
     """)
     )
     assert int(out) >= 1
+
+
+@markers.needs_fork
+@pytest.mark.timeout(120)
+def test_a_forked_child_slow_to_start_keeps_its_views() -> None:
+    """A child that reaches mmkit's fork hooks late (an earlier hook, a loaded machine):
+    what its inherited views read is never rewritten, however long it takes."""
+    slow_child = """
+        import os, time
+        os.register_at_fork(after_in_child=lambda: time.sleep(1.0))  # before mmkit's hooks
+    """
+    result = run_python(
+        textwrap.dedent(slow_child)
+        + textwrap.dedent(OWNER)
+        + textwrap.dedent("""
+        from mmkit.platform import bytelocks
+        bytelocks.FORK_PATIENCE = 0.2  # the macOS backend's wait for the child, shortened
+        view = owner.access_layer(LayerId(1, 0))
+        before = bytes(view)
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(1.0)  # the owner updates meanwhile
+            os._exit(0 if bytes(view) == before else 1)
+        view.release()
+        for version in range(1, 12):
+            try:
+                owner.update_layer(LayerId(1, 0), stamp(LayerId(1, 0), version))
+            except mmkit.LimitExceeded:
+                pass
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+    """),
+        timeout=90,
+        measured=False,
+    )
+    assert result.returncode == 0, describe(result.returncode) + result.stderr[-3000:]
+    assert result.stdout.strip() == "0"
+
+
+@markers.needs_fork
+@pytest.mark.timeout(180)
+def test_forks_while_other_threads_attach_and_close_readers() -> None:
+    """Every child comes out of fork (no lock left held) as a forked owner that cannot
+    write, and no fork hook fails (CPython would print it)."""
+    result = run_python(
+        textwrap.dedent(OWNER)
+        + textwrap.dedent("""
+        import os, sys, threading
+        sys.setswitchinterval(1e-5)
+        arena = owner._spans.arena
+        owner.access_layer(LayerId(1, 0)).release()
+        stop = threading.Event()
+        def churn():
+            while not stop.is_set():
+                with mmkit.attach(token) as reader:
+                    reader.access_layer(LayerId(1, 0)).release()
+        threads = [threading.Thread(target=churn) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        bad = 0
+        for _ in range(200):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0 if arena.forked else 3)
+            _, status = os.waitpid(pid, 0)
+            bad += os.waitstatus_to_exitcode(status) != 0
+        stop.set()
+        for thread in threads:
+            thread.join()
+        print(bad)
+    """),
+        timeout=150,
+        measured=False,
+    )
+    assert result.returncode == 0, describe(result.returncode) + result.stderr[-3000:]
+    assert result.stdout.strip() == "0"
+    assert "Exception ignored" not in result.stderr, result.stderr[-3000:]

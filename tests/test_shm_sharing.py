@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import ROOT
 
 SUITES = ["test_sharing.py", "test_sharing_attacks.py", "test_sharing_faults.py"]
-SUITES += ["test_sharing_model.py", "test_bytelocks.py"]
+SUITES += ["test_sharing_model.py", "test_bytelocks.py", "test_shm_attacks.py"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="macOS runs it directly")

@@ -19,6 +19,7 @@ changed.
 from __future__ import annotations
 
 import _thread
+import operator
 import os
 import weakref
 from collections.abc import Callable
@@ -89,17 +90,17 @@ def _before_fork() -> None:
         lock.acquire()
     _TAKEN[:] = taken
     _WATCHED[:] = _snapshot(_FORK_AWARE)
-    for target in _WATCHED:
-        target.before_fork()
+    _each(_WATCHED, operator.methodcaller("before_fork"))
 
 
 def _after_fork_in_parent() -> None:
     watched, _WATCHED[:] = list(_WATCHED), []
-    for target in watched:
-        target.after_fork_in_parent()
-    taken, _TAKEN[:] = list(_TAKEN), []
-    for lock in reversed(taken):
-        lock.release()
+    try:
+        _each(watched, operator.methodcaller("after_fork_in_parent"))
+    finally:
+        taken, _TAKEN[:] = list(_TAKEN), []
+        for lock in reversed(taken):
+            lock.release()
 
 
 def _after_fork_in_child() -> None:
@@ -107,8 +108,21 @@ def _after_fork_in_child() -> None:
     for lock in [*_STATE_LOCKS, *_COUNTER_LOCKS]:
         lock._at_fork_reinit()  # type: ignore[attr-defined]  # how threading resets its own
     watched, _WATCHED[:] = list(_WATCHED), []
-    for target in watched:
-        target.after_fork_in_child()
+    _each(watched, operator.methodcaller("after_fork_in_child"))
+
+
+def _each(targets: list[ForkAware], hook: Callable[[ForkAware], None]) -> None:
+    """Run one hook of every target, whatever one of them raises: a target skipped would
+    fork without its pins, or leave a child that may write. The first error is raised
+    after (CPython prints what an at-fork hook raises, and forks)."""
+    failure: BaseException | None = None
+    for target in targets:
+        try:
+            hook(target)
+        except BaseException as exc:  # raised below, once every target ran
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 if hasattr(os, "register_at_fork"):

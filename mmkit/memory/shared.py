@@ -591,6 +591,10 @@ class AttachedArena(_Over, ForkAware):
     def after_fork_in_child(self) -> None:
         """The child pins through its own open; if it could not get one, it is ``orphaned``."""
         pins, self._fork_pins = self._fork_pins, -1
+        if self.handle < 0:  # another thread released it while the fork was being made
+            if pins >= 0:
+                self.sharing.close(pins)
+            return
         if pins < 0:
             self.orphaned = True  # its pins are the parent's: it must not make new views
             return

@@ -138,7 +138,13 @@ class ByteLocks:
     def again(self, opened: int) -> int:
         """Another open of the same file, with no locks of its own."""
         with self._mutex:
-            return self._add(self._of[opened])
+            return self._add(self._file(opened))
+
+    def _file(self, opened: int) -> _File:
+        file = self._of.get(opened)
+        if file is None:
+            raise OSError(errno.EBADF, f"open {opened} of the byte-lock table is closed")
+        return file
 
     def _add(self, file: _File) -> int:
         opened = next(self._ids)
@@ -147,16 +153,18 @@ class ByteLocks:
         return opened
 
     def key(self, opened: int) -> tuple[int, int]:
-        return self._of[opened].key
+        with self._mutex:
+            return self._file(opened).key
 
     def fd(self, opened: int) -> int:
         """The descriptor behind an open (shared by every open of the file in the process)."""
-        return self._of[opened].fd
+        with self._mutex:
+            return self._file(opened).fd
 
     def lock(self, opened: int, byte: int, *, exclusive: bool) -> bool:
         """Lock ``byte`` for this open without waiting; False if another open has it."""
         with self._mutex:
-            file = self._of[opened]
+            file = self._file(opened)
             holders = file.held.get(byte, {})
             others = [x for o, x in holders.items() if o != opened]
             if others and (exclusive or any(others)):
@@ -171,7 +179,7 @@ class ByteLocks:
 
     def unlock(self, opened: int, byte: int) -> None:
         with self._mutex:
-            self._unlock(self._of[opened], opened, byte)
+            self._unlock(self._file(opened), opened, byte)
 
     def _unlock(self, file: _File, opened: int, byte: int) -> None:
         holders = file.held.get(byte, {})
@@ -187,10 +195,11 @@ class ByteLocks:
             del file.held[byte]
 
     def locked(self, opened: int, byte: int) -> bool:
-        """Whether another open, in this process or another, holds a lock on ``byte``."""
+        """Whether another open, in this process or another, holds a lock on ``byte`` (a
+        byte kept for a forked child counts: the child may read through it)."""
         with self._mutex:
-            file = self._of[opened]
-            if any(o != opened for o in file.held.get(byte, {})):
+            file = self._file(opened)
+            if byte in file.kept or any(o != opened for o in file.held.get(byte, {})):
                 return True
             try:
                 answer = fcntl.fcntl(file.fd, fcntl.F_GETLK, flock(fcntl.F_WRLCK, byte))
@@ -217,7 +226,7 @@ class ByteLocks:
     def kept(self, opened: int) -> frozenset[int]:
         """Bytes this process holds for good for a forked child (see the module's note)."""
         with self._mutex:
-            return frozenset(self._of[opened].kept)
+            return frozenset(self._file(opened).kept)
 
     # -- fork ---------------------------------------------------------------------------
 

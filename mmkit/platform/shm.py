@@ -24,11 +24,13 @@ import errno
 import importlib
 import os
 import secrets
+import select
 import socket
 import stat
 import sys
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,11 +51,22 @@ _shm_unlink: Callable[[str], None] = _shm.shm_unlink
 
 HELLO = b"mmkit-shm-1"
 PATIENCE = 5.0
-"""Seconds either side of the socket waits for the other before it gives up."""
+"""Seconds a reader waits for the owner's answer before it gives up."""
+HANDOVER = 1.0
+"""Seconds the owner gives one caller to take its descriptors: it serves one at a time."""
+_CS_DARWIN_USER_TEMP_DIR = 65537
+_RECEIVE_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)  # Linux: never inheritable, at once
 
 
 def directory() -> Path:
-    """Where this user's owners listen: the same path in every process of the user."""
+    """Where this user's owners listen, the same in every process of the user: under
+    macOS's per-user temporary directory, which the system makes and only the user can
+    enter (Linux, which runs this backend for its tests, uses ``/tmp/mmkit-<uid>``)."""
+    if sys.platform == "darwin":
+        private = os.confstr(_CS_DARWIN_USER_TEMP_DIR)
+        if not private:
+            raise NotShared(errno.ENOENT, "macOS reports no per-user temporary directory")
+        return Path(private) / "mmkit"
     return Path(f"/tmp/mmkit-{os.geteuid()}")
 
 
@@ -103,67 +116,87 @@ class _Object:
 
 class _Server:
     """Hands a shared object's read-only descriptor, and its lock file, to the processes of
-    this user that connect; one thread, one connection at a time, each with a deadline."""
+    this user that connect: one thread, one caller at a time, each within ``HANDOVER``.
+
+    A pipe wakes the thread to stop, so stopping needs neither the socket's name nor a
+    caller's cooperation.
+    """
 
     def __init__(self, path: Path, readonly: int, opened: int) -> None:
         self.path, self.readonly, self.opened = path, readonly, opened
         self.pid = os.getpid()
-        self.stopping = False
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.wake = (-1, -1)
+        bound = False
         try:
+            self.wake = os.pipe()
             try:
                 self.sock.bind(str(path))
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE:
                     raise
-                path.unlink()  # left by a killed process that had our pid
+                path.unlink()  # left by a process that had our pid and was killed
                 self.sock.bind(str(path))
-            self.sock.listen(16)
+            bound = True
+            self.sock.listen(128)
+            self.sock.setblocking(False)
+            self.thread = threading.Thread(target=self._serve, name="mmkit-share", daemon=True)
+            self.thread.start()
         except BaseException:
-            self.sock.close()
+            if bound:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            self._close()
             raise
-        self.thread = threading.Thread(target=self._serve, name="mmkit-share", daemon=True)
-        self.thread.start()
         _SERVERS.add(self)
 
     def _serve(self) -> None:
         while True:
+            ready, _, _ = select.select([self.sock.fileno(), self.wake[0]], [], [])
+            if self.wake[0] in ready:
+                return
             try:
                 conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                continue  # the caller went away before we took it
             except OSError:
                 return
-            with conn:
-                if self.stopping:
-                    return
-                with contextlib.suppress(OSError, KeyError):
-                    self._answer(conn)
+            with conn, contextlib.suppress(OSError):
+                self._answer(conn, time.monotonic() + HANDOVER)
 
-    def _answer(self, conn: socket.socket) -> None:
-        conn.settimeout(PATIENCE)
+    def _answer(self, conn: socket.socket, deadline: float) -> None:
+        def remaining() -> float:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(errno.ETIMEDOUT, "the caller took too long")
+            return left
+
+        conn.settimeout(remaining())
         if peer_user(conn) != os.geteuid():
             return
         device, inode = LOCKS.key(self.opened)
         socket.send_fds(conn, [b"%s %d %d" % (HELLO, device, inode)], [self.readonly])
+        conn.settimeout(remaining())
         if conn.recv(4) == b"need":
+            conn.settimeout(remaining())
             socket.send_fds(conn, [b"lock"], [LOCKS.fd(self.opened)])
 
     def stop(self) -> None:
         """Stop answering and remove the socket (only the process that made it does)."""
-        if os.getpid() != self.pid:  # a forked child's copy: the parent still serves
-            self.sock.close()
-            return
-        self.stopping = True
-        with (
-            contextlib.suppress(OSError),
-            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as wake,
-        ):
-            wake.settimeout(PATIENCE)
-            wake.connect(str(self.path))  # accept returns, sees ``stopping`` and ends
-        self.thread.join(2 * PATIENCE)  # a stalled caller is cut off after PATIENCE
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        self.sock.close()
+        if os.getpid() == self.pid:  # a forked child's copy only closes: the parent serves
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()  # first: nobody new finds it
+            os.write(self.wake[1], b"x")
+            self.thread.join()  # at most HANDOVER: the caller being served is cut off
+        self._close()
         _SERVERS.discard(self)
+
+    def _close(self) -> None:
+        self.sock.close()
+        for fd in self.wake:
+            if fd >= 0:
+                os.close(fd)
+        self.wake = (-1, -1)
 
 
 _SERVERS: weakref.WeakSet[_Server] = weakref.WeakSet()
@@ -176,6 +209,14 @@ def _stop_servers() -> None:
             server.stop()
 
 
+_MUTEX = threading.Lock()
+"""Guards every ``ShmSharing``'s table of handles; held across ``fork``."""
+
+os.register_at_fork(  # the forking thread holds it, and is the child's only thread
+    before=_MUTEX.acquire, after_in_parent=_MUTEX.release, after_in_child=_MUTEX.release
+)
+
+
 class ShmSharing:
     """``SharedMemory`` for macOS: ``shm_open`` objects, socket hand-over, ``ByteLocks``."""
 
@@ -185,7 +226,6 @@ class ShmSharing:
     def __init__(self, memory: PosixMemory) -> None:
         self.memory = memory
         self._objects: dict[int, _Object] = {}
-        self._mutex = threading.Lock()
 
     def create(self, size: int) -> int:
         """A new object of ``size`` zero bytes, open read-write; it has no name left."""
@@ -206,6 +246,8 @@ class ShmSharing:
         try:
             try:
                 readonly = _shm_open(name, os.O_RDONLY, 0)
+                for each in (fd, readonly):
+                    os.set_inheritable(each, False)
                 os.ftruncate(fd, size)  # before the unlink: old macOS leaked otherwise
             finally:
                 _shm_unlink(name)
@@ -213,34 +255,34 @@ class ShmSharing:
             os.unlink(lock_path)
             opened = LOCKS.open(lock_fd)
             server = _Server(where / f"{os.getpid()}-{fd}", readonly, opened)
-        except OSError as exc:
+        except BaseException as exc:
             if opened >= 0:
                 LOCKS.close(opened)
             for each in (readonly, fd):
                 if each >= 0:
                     os.close(each)
-            raise os_error("shm_open+ftruncate+listen", f"{name!r}, {size}", exc) from None
-        with self._mutex:
+            if isinstance(exc, OSError):
+                raise os_error("shm_open+ftruncate+listen", f"{name!r}, {size}", exc) from None
+            raise
+        with _MUTEX:
             self._objects[fd] = _Object(fd, readonly, opened, server)
         return fd
 
     @staticmethod
     def _sweep(where: Path) -> None:
-        """Remove the sockets of owners that are gone (killed before they could)."""
-        mine = {server.path for server in _SERVERS}
+        """Remove the sockets of owners that are gone (killed before they could). Ours are
+        left alone: one of this pid's is either live or replaced when its name is bound."""
         for entry in os.scandir(where):
             pid_text, _, _ = entry.name.partition("-")
-            if not pid_text.isdigit() or Path(entry.path) in mine:
+            if not pid_text.isdigit() or int(pid_text) == os.getpid():
                 continue
-            pid = int(pid_text)
-            if pid != os.getpid():
-                try:
-                    os.kill(pid, 0)
-                    continue  # alive (or another user's, which cannot be in this directory)
-                except ProcessLookupError:
-                    pass
-                except OSError:
-                    continue
+            try:
+                os.kill(int(pid_text), 0)
+                continue  # alive
+            except ProcessLookupError:
+                pass
+            except OSError:
+                continue
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
 
@@ -248,23 +290,24 @@ class ShmSharing:
         """A read-only handle of our own for an owner's object, asked of the owner's socket
         (in the owner's own process, taken from the handle directly)."""
         if pid == os.getpid():
-            with self._mutex:
-                mine = self._objects.get(handle)
+            mine = self._reopen_here(handle)
             if mine is not None:
-                readonly = os.dup(mine.readonly)
-                return self._adopt(readonly, LOCKS.again(mine.opened))
+                return mine
         where = directory()
         _private(where)
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(PATIENCE)
             conn.connect(str(where / f"{pid}-{handle}"))
-            message, fds, _, _ = socket.recv_fds(conn, 64, 1)
-            readonly = fds[0] if fds else -1
+            fds: list[int] = []
+            opened: int | None = None
             try:
+                message, fds, _, _ = socket.recv_fds(conn, 64, 1, _RECEIVE_FLAGS)
+                for fd in fds:
+                    os.set_inheritable(fd, False)
                 words = message.split()
                 if len(fds) != 1 or len(words) != 3 or words[0] != HELLO:
                     raise NotShared(errno.EINVAL, f"{where / f'{pid}-{handle}'} is not an owner")
-                os.set_inheritable(readonly, False)
+                readonly = fds[0]
                 if fcntl.fcntl(readonly, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY:
                     raise NotShared(errno.EINVAL, "the owner sent a writable descriptor")
                 key = (int(words[1]), int(words[2]))
@@ -275,18 +318,35 @@ class ShmSharing:
                 else:
                     conn.sendall(b"have")
             except BaseException:
+                if opened is not None:
+                    LOCKS.close(opened)
                 for fd in fds:
                     os.close(fd)
                 raise
         return self._adopt(readonly, opened)
 
+    def _reopen_here(self, handle: int) -> int | None:
+        """Another handle of an object this process has, if it has it."""
+        with _MUTEX:
+            mine = self._objects.get(handle)
+            if mine is None:
+                return None
+            readonly = os.dup(mine.readonly)
+            try:
+                opened = LOCKS.again(mine.opened)
+            except BaseException:
+                os.close(readonly)
+                raise
+            self._objects[readonly] = _Object(readonly, readonly, opened)
+            return readonly
+
     @staticmethod
     def _lock_file(conn: socket.socket, key: tuple[int, int]) -> int:
         """Receive the owner's lock file, the one it announced."""
-        message, fds, _, _ = socket.recv_fds(conn, 16, 1)
-        for fd in fds:
-            os.set_inheritable(fd, False)
+        message, fds, _, _ = socket.recv_fds(conn, 16, 1, _RECEIVE_FLAGS)
         try:
+            for fd in fds:
+                os.set_inheritable(fd, False)
             info = os.fstat(fds[0]) if len(fds) == 1 else None
             if (
                 message != b"lock"
@@ -302,7 +362,7 @@ class ShmSharing:
         return fds[0]
 
     def _adopt(self, readonly: int, opened: int) -> int:
-        with self._mutex:
+        with _MUTEX:
             self._objects[readonly] = _Object(readonly, readonly, opened)
         return readonly
 
@@ -351,12 +411,17 @@ class ShmSharing:
         return LOCKS.locked(self._opened(handle), byte)
 
     def _opened(self, handle: int) -> int:
-        with self._mutex:
-            return self._objects[handle].opened
+        with _MUTEX:
+            mine = self._objects.get(handle)
+        if mine is None:
+            raise OSError(errno.EBADF, f"{handle} is not a handle of shared memory")
+        return mine.opened
 
     def close(self, handle: int) -> None:
-        with self._mutex:
-            mine = self._objects.pop(handle)
+        with _MUTEX:
+            mine = self._objects.pop(handle, None)
+        if mine is None:
+            raise OSError(errno.EBADF, f"{handle} is not a handle of shared memory")
         try:
             if mine.server is not None:
                 mine.server.stop()
