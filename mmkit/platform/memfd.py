@@ -28,6 +28,7 @@ assert sys.platform == "linux"
 import fcntl  # noqa: E402  (after the platform assertion, which mypy reads)
 
 from mmkit.platform.bytelocks import LOCK_FAILED, flock, flock_kind  # noqa: E402
+from mmkit.platform.fdsharing import FdSharing  # noqa: E402
 
 MFD_CLOEXEC = 0x1
 MFD_ALLOW_SEALING = 0x2
@@ -38,14 +39,14 @@ NAME = "mmkit-arena"
 """What ``/proc/<pid>/fd/<n>`` links to: ``/memfd:mmkit-arena (deleted)``."""
 
 
-class MemfdSharing:
+class MemfdSharing(FdSharing):
     """``SharedMemory`` for Linux: memfd, ``/proc`` reopening, OFD byte locks."""
 
     name = "memfd"
     gives_back = True
 
     def __init__(self, memory: PosixMemory) -> None:
-        self.memory = memory
+        super().__init__(memory)
         libc = ctypes.CDLL(None, use_errno=True)
         self._fallocate = libc.fallocate
         self._fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
@@ -94,26 +95,8 @@ class MemfdSharing:
             raise
         return fd
 
-    def blank(self, address: int, size: int) -> None:
-        """Put read-only zeros where a mapping was, in one step: threads may be reading it."""
-        self.memory.blank(address, size)
-
-    def size(self, handle: int) -> int:
-        return os.fstat(handle).st_size
-
     def read(self, handle: int, offset: int, size: int) -> bytes:
         return os.pread(handle, size, offset)
-
-    def user(self) -> int:
-        return os.geteuid()
-
-    def map(
-        self, address: int | None, size: int, handle: int, offset: int, *, writable: bool
-    ) -> int:
-        return self.memory.map_file(address, size, handle, offset, writable=writable)
-
-    def unmap(self, address: int, size: int) -> None:
-        self.memory.unmap(address, size)
 
     def punch(self, handle: int, offset: int, size: int) -> None:
         """Free the memory behind a span of the file; it reads as zero afterwards."""

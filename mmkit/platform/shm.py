@@ -44,6 +44,7 @@ assert sys.platform != "win32"
 import fcntl  # noqa: E402  (after the platform assertion, which mypy reads)
 
 from mmkit.platform.bytelocks import LOCKS  # noqa: E402
+from mmkit.platform.fdsharing import FdSharing  # noqa: E402
 
 _shm = importlib.import_module("_posixshmem")  # the stdlib's shm_open (shared_memory's)
 _shm_open: Callable[[str, int, int], int] = _shm.shm_open
@@ -217,14 +218,14 @@ os.register_at_fork(  # the forking thread holds it, and is the child's only thr
 )
 
 
-class ShmSharing:
+class ShmSharing(FdSharing):
     """``SharedMemory`` for macOS: ``shm_open`` objects, socket hand-over, ``ByteLocks``."""
 
     name = "shm"
     gives_back = False
 
     def __init__(self, memory: PosixMemory) -> None:
-        self.memory = memory
+        super().__init__(memory)
         self._objects: dict[int, _Object] = {}
 
     def create(self, size: int) -> int:
@@ -366,9 +367,6 @@ class ShmSharing:
             self._objects[readonly] = _Object(readonly, readonly, opened)
         return readonly
 
-    def size(self, handle: int) -> int:
-        return os.fstat(handle).st_size
-
     def read(self, handle: int, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes from ``offset``, through a short-lived read-only mapping
         (macOS cannot ``read`` a shared memory object)."""
@@ -383,20 +381,6 @@ class ShmSharing:
             return ctypes.string_at(address + offset - start, end - offset)
         finally:
             self.memory.unmap(address, length)
-
-    def user(self) -> int:
-        return os.geteuid()
-
-    def map(
-        self, address: int | None, size: int, handle: int, offset: int, *, writable: bool
-    ) -> int:
-        return self.memory.map_file(address, size, handle, offset, writable=writable)
-
-    def unmap(self, address: int, size: int) -> None:
-        self.memory.unmap(address, size)
-
-    def blank(self, address: int, size: int) -> None:
-        self.memory.blank(address, size)
 
     def punch(self, handle: int, offset: int, size: int) -> None:
         """Nothing: macOS frees a shared memory object's pages only with the object."""
