@@ -182,3 +182,20 @@ def test_a_child_that_cannot_take_its_locks_leaves_them_with_the_parent(
     finally:
         LOCKS.close(a)
     assert seen(lockfile, 9) == "r"  # for the life of the process
+
+
+def test_a_collection_in_the_middle_of_a_call_lets_go_only_after_it(lockfile: Path) -> None:
+    """mmkit gives memory back from a collection's callback, which can run inside any call
+    here: what it lets go of then must wait until that call is done."""
+    a = LOCKS.open(os.open(lockfile, os.O_RDWR))
+    b = LOCKS.again(a)
+    assert LOCKS.lock(a, 3, exclusive=False)
+    key = LOCKS.key(a)
+    with LOCKS._mutex:  # as the callback finds it: inside a call
+        LOCKS.unlock(a, 3)
+        LOCKS.close(b)
+        assert LOCKS._files[key].held == {3: {a: False}}
+        assert b in LOCKS._files[key].opens
+    assert seen(lockfile, 3) == "-"
+    assert b not in LOCKS._files[key].opens
+    LOCKS.close(a)

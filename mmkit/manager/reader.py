@@ -19,6 +19,8 @@ A reader that dies drops every pin with its descriptor.
 from __future__ import annotations
 
 import ctypes
+import errno
+import os
 import weakref
 from dataclasses import dataclass
 from types import TracebackType
@@ -138,11 +140,15 @@ def _open(sharing: SharedMemory, share: ShareHandle) -> int:
         raise AttachError(
             f"{where} does not exist: the owner exited or closed its manager"
         ) from None
-    except PermissionError:
-        raise AttachError(
-            f"not allowed to open {where}: it belongs to another user, or the system restricts "
-            "access to other processes (/proc mounted with hidepid, a different pid namespace)"
-        ) from None
+    except PermissionError as exc:
+        standard = {os.strerror(errno.EACCES), os.strerror(errno.EPERM)}
+        why = (
+            "it belongs to another user, or the system restricts access to other processes "
+            "(/proc mounted with hidepid, a different pid namespace)"
+            if exc.strerror in standard
+            else exc.strerror
+        )
+        raise AttachError(f"not allowed to open {where}: {why}") from None
     except OSError as exc:
         raise AttachError(f"cannot open {where}: {exc.strerror or exc}") from None
 

@@ -221,7 +221,7 @@ def os_error(call: str, arguments: str, exc: OSError) -> PlatformError:
         call,
         arguments,
         code,
-        os.strerror(code),
+        exc.strerror or os.strerror(code),
         exhausted=code in (errno.ENOMEM, errno.ENOSPC, errno.EMFILE, errno.ENFILE),
     )
 

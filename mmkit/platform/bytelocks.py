@@ -25,6 +25,8 @@ import select
 import struct
 import sys
 import threading
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 assert sys.platform != "win32"
@@ -66,6 +68,54 @@ def lock_error(call: str, arguments: str, exc: OSError) -> PlatformError:
     )
 
 
+class Guard:
+    """A re-entrant lock whose holder's re-entries can leave work for when it lets go.
+
+    A collection runs Python code (``gc.callbacks``, weak-reference callbacks) in the middle
+    of any allocation, on whatever thread allocates: mmkit gives memory back from there. A
+    close that comes that way while this thread is inside the guard would change the state
+    the interrupted call is using, so it waits (``later``) until the outermost hold ends:
+    microseconds, not a collection, later.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self._local = threading.local()
+
+    def __enter__(self) -> Guard:
+        self.lock.acquire()
+        self._local.depth = getattr(self._local, "depth", 0) + 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        depth = self._local.depth - 1
+        self._local.depth = depth
+        waiting: list[Callable[[], None]] = []
+        if depth == 0:
+            waiting, self._local.waiting = getattr(self._local, "waiting", []), []
+        self.lock.release()
+        for action in waiting:
+            try:
+                action()
+            except Exception as error:  # what the collection's callback would have printed
+                traceback.print_exception(error)
+
+    def inside(self) -> bool:
+        """Whether this thread holds the guard (so a call now is a re-entry)."""
+        return getattr(self._local, "depth", 0) > 0
+
+    def later(self, action: Callable[[], None]) -> None:
+        """Run ``action`` when this thread's outermost hold ends."""
+        if not hasattr(self._local, "waiting"):
+            self._local.waiting = []
+        self._local.waiting.append(action)
+
+    def reset(self) -> None:
+        """In a forked child: a fresh lock, nothing waiting."""
+        self.lock = threading.RLock()
+        self._local = threading.local()
+
+
 @dataclass(eq=False)
 class _File:
     """One file as this process has it: its descriptor, its opens and their locks."""
@@ -103,7 +153,7 @@ class ByteLocks:
     """This process's table of opens and their byte locks (one per process: ``LOCKS``)."""
 
     def __init__(self) -> None:
-        self._mutex = threading.RLock()
+        self._mutex = Guard()
         self._ids = itertools.count(1)
         self._files: dict[tuple[int, int], _File] = {}
         self._of: dict[int, _File] = {}
@@ -178,6 +228,11 @@ class ByteLocks:
             return True
 
     def unlock(self, opened: int, byte: int) -> None:
+        """Let go of ``byte`` (from a collection's callback inside a call here: right after
+        that call, so it never changes a state the call is using)."""
+        if self._mutex.inside():
+            self._mutex.later(lambda: self.unlock(opened, byte))
+            return
         with self._mutex:
             self._unlock(self._file(opened), opened, byte)
 
@@ -209,6 +264,9 @@ class ByteLocks:
 
     def close(self, opened: int) -> None:
         """Let go of an open's locks; the file's descriptor closes with its last open."""
+        if self._mutex.inside():
+            self._mutex.later(lambda: self.close(opened))
+            return
         with self._mutex:
             file = self._of.pop(opened, None)
             if file is None:
@@ -231,7 +289,7 @@ class ByteLocks:
     # -- fork ---------------------------------------------------------------------------
 
     def _before_fork(self) -> None:
-        self._mutex.acquire()
+        self._mutex.lock.acquire()
         shared = {
             file: {b for b, holders in file.held.items() if not any(holders.values())}
             for file in self._files.values()
@@ -263,7 +321,7 @@ class ByteLocks:
                     file.kept |= bytes_
         finally:
             self._pipe, self._shared_at_fork = None, {}
-            self._mutex.release()
+            self._mutex.lock.release()
 
     def _after_fork_in_child(self) -> None:
         """Hold, as this process, the shared locks the parent's opens held; drop the rest."""
@@ -288,7 +346,7 @@ class ByteLocks:
             os.close(writer)
             os.close(reader)
         self._pipe, self._shared_at_fork = None, {}
-        self._mutex = threading.RLock()
+        self._mutex.reset()
 
 
 LOCKS = ByteLocks()

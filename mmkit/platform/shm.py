@@ -43,7 +43,7 @@ assert sys.platform != "win32"
 
 import fcntl  # noqa: E402  (after the platform assertion, which mypy reads)
 
-from mmkit.platform.bytelocks import LOCKS  # noqa: E402
+from mmkit.platform.bytelocks import LOCKS, Guard  # noqa: E402
 from mmkit.platform.fdsharing import FdSharing  # noqa: E402
 
 _shm = importlib.import_module("_posixshmem")  # the stdlib's shm_open (shared_memory's)
@@ -79,7 +79,7 @@ def _private(path: Path) -> None:
         or info.st_uid != os.geteuid()
         or stat.S_IMODE(info.st_mode) & 0o077
     ):
-        raise NotShared(
+        raise PermissionError(
             errno.EPERM,
             f"{path} is not a directory of this user closed to others; remove it and retry",
         )
@@ -210,11 +210,11 @@ def _stop_servers() -> None:
             server.stop()
 
 
-_MUTEX = threading.Lock()
+_MUTEX = Guard()
 """Guards every ``ShmSharing``'s table of handles; held across ``fork``."""
 
-os.register_at_fork(  # the forking thread holds it, and is the child's only thread
-    before=_MUTEX.acquire, after_in_parent=_MUTEX.release, after_in_child=_MUTEX.release
+os.register_at_fork(
+    before=_MUTEX.lock.acquire, after_in_parent=_MUTEX.lock.release, after_in_child=_MUTEX.reset
 )
 
 
@@ -402,6 +402,9 @@ class ShmSharing(FdSharing):
         return mine.opened
 
     def close(self, handle: int) -> None:
+        if _MUTEX.inside():  # a collection's callback, in the middle of one of our calls
+            _MUTEX.later(lambda: self.close(handle))
+            return
         with _MUTEX:
             mine = self._objects.pop(handle, None)
         if mine is None:
