@@ -191,11 +191,34 @@ def test_a_collection_in_the_middle_of_a_call_lets_go_only_after_it(lockfile: Pa
     b = LOCKS.again(a)
     assert LOCKS.lock(a, 3, exclusive=False)
     key = LOCKS.key(a)
-    with LOCKS._mutex:  # as the callback finds it: inside a call
+    with bytelocks.GUARD:  # as the callback finds it: inside a call
         LOCKS.unlock(a, 3)
         LOCKS.close(b)
         assert LOCKS._files[key].held == {3: {a: False}}
         assert b in LOCKS._files[key].opens
-    assert seen(lockfile, 3) == "-"
+    bytelocks.settle()  # what the interrupted call does as it returns
     assert b not in LOCKS._files[key].opens
     LOCKS.close(a)
+
+
+def test_a_lock_taken_but_not_recorded_is_let_go_of_by_unlock(
+    lockfile: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal handler's exception between taking the lock and recording it."""
+    a = LOCKS.open(os.open(lockfile, os.O_RDWR))
+    take = bytelocks._File.set
+
+    def cut_short(file: bytelocks._File, byte: int, kind: int) -> bool:
+        take(file, byte, kind)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bytelocks._File, "set", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        LOCKS.lock(a, 4, exclusive=False)
+    monkeypatch.undo()
+    try:
+        assert seen(lockfile, 4) == "r"
+        LOCKS.unlock(a, 4)
+        assert seen(lockfile, 4) == "-"
+    finally:
+        LOCKS.close(a)

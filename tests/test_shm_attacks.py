@@ -28,7 +28,7 @@ pytestmark = [
 ]
 
 if sys.platform != "win32":
-    from mmkit.platform import shm
+    from mmkit.platform import bytelocks, shm
     from mmkit.platform.bytelocks import LOCKS
 
 
@@ -126,7 +126,7 @@ def test_an_owner_whose_thread_cannot_start_leaves_nothing(
 OWNER_THAT_HANGS_UP = """
     import sys, socket, mmkit
     from mmkit import LayerId, MmapManager
-    from mmkit.platform import shm
+    from mmkit.platform import bytelocks, shm
     from tests.test_sharing import shared_config
     first = True
     answer = shm._Server._answer
@@ -312,8 +312,9 @@ def test_handles_it_never_made_are_bad_descriptors() -> None:
 def test_a_collection_in_the_middle_of_a_call_closes_only_after_it(owner: MmapManager) -> None:
     assert SHARING is not None
     handle = SHARING.reopen(os.getpid(), owner.share().handle)
-    with shm._MUTEX:  # as a collection's callback that gives memory back finds it
+    with bytelocks.GUARD:  # as a collection's callback that gives memory back finds it
         SHARING.close(handle)
         os.fstat(handle)  # still open: the interrupted call may be using it
+    bytelocks.settle()  # what the interrupted call does as it returns
     with pytest.raises(OSError):
         os.fstat(handle)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import itertools
 import os
 import select
@@ -28,6 +29,7 @@ import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
 
 assert sys.platform != "win32"
 
@@ -44,6 +46,8 @@ else:
 
 LOCK_FAILED = frozenset({errno.EAGAIN, errno.EACCES})
 """What ``F_SETLK`` answers when another holds the lock."""
+P = ParamSpec("P")
+R = TypeVar("R")
 FORK_PATIENCE = 5.0
 """Seconds the parent waits after ``fork`` for the child to take its inherited locks."""
 
@@ -68,52 +72,51 @@ def lock_error(call: str, arguments: str, exc: OSError) -> PlatformError:
     )
 
 
-class Guard:
-    """A re-entrant lock whose holder's re-entries can leave work for when it lets go.
+GUARD = threading.RLock()
+"""Guards the byte-lock table and the shm backend's handles; held across ``fork``."""
+_WAITING: list[Callable[[], None]] = []
+
+
+def inside() -> bool:
+    """Whether this thread holds ``GUARD``: a call now re-enters one under way.
 
     A collection runs Python code (``gc.callbacks``, weak-reference callbacks) in the middle
-    of any allocation, on whatever thread allocates: mmkit gives memory back from there. A
-    close that comes that way while this thread is inside the guard would change the state
-    the interrupted call is using, so it waits (``later``) until the outermost hold ends:
-    microseconds, not a collection, later.
+    of any allocation, and mmkit gives memory back from there. A close or an unlock that
+    comes that way must not change the state the interrupted call is using: it waits
+    (``later``) until that call is done (``settle``), microseconds later.
     """
+    return bool(GUARD._is_owned())  # type: ignore[attr-defined]  # Condition uses it too
 
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self._local = threading.local()
 
-    def __enter__(self) -> Guard:
-        self.lock.acquire()
-        self._local.depth = getattr(self._local, "depth", 0) + 1
-        return self
+def later(action: Callable[[], None]) -> None:
+    _WAITING.append(action)
 
-    def __exit__(self, *exc: object) -> None:
-        depth = self._local.depth - 1
-        self._local.depth = depth
-        waiting: list[Callable[[], None]] = []
-        if depth == 0:
-            waiting, self._local.waiting = getattr(self._local, "waiting", []), []
-        self.lock.release()
-        for action in waiting:
-            try:
-                action()
-            except Exception as error:  # what the collection's callback would have printed
-                traceback.print_exception(error)
 
-    def inside(self) -> bool:
-        """Whether this thread holds the guard (so a call now is a re-entry)."""
-        return getattr(self._local, "depth", 0) > 0
+def settle() -> None:
+    """Run what re-entries left, once this thread is out of every guarded call. (A signal
+    handler's exception between a call and its ``settle`` leaves them to the next call.)"""
+    while _WAITING and not inside():
+        try:
+            action = _WAITING.pop(0)
+        except IndexError:
+            return
+        try:
+            action()
+        except Exception as error:  # what the collection's callback would have printed
+            traceback.print_exception(error)
 
-    def later(self, action: Callable[[], None]) -> None:
-        """Run ``action`` when this thread's outermost hold ends."""
-        if not hasattr(self._local, "waiting"):
-            self._local.waiting = []
-        self._local.waiting.append(action)
 
-    def reset(self) -> None:
-        """In a forked child: a fresh lock, nothing waiting."""
-        self.lock = threading.RLock()
-        self._local = threading.local()
+def settled(method: Callable[P, R]) -> Callable[P, R]:
+    """``method``, followed by ``settle``."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        finally:
+            settle()
+
+    return call
 
 
 @dataclass(eq=False)
@@ -153,13 +156,13 @@ class ByteLocks:
     """This process's table of opens and their byte locks (one per process: ``LOCKS``)."""
 
     def __init__(self) -> None:
-        self._mutex = Guard()
         self._ids = itertools.count(1)
         self._files: dict[tuple[int, int], _File] = {}
         self._of: dict[int, _File] = {}
         self._pipe: tuple[int, int] | None = None
         self._shared_at_fork: dict[_File, set[int]] = {}
 
+    @settled
     def open(self, fd: int) -> int:
         """A new open of the file ``fd`` refers to; the table owns ``fd`` from now on (it is
         closed at once if the table already has a descriptor of the file)."""
@@ -169,7 +172,7 @@ class ByteLocks:
             os.close(fd)
             raise
         key = (info.st_dev, info.st_ino)
-        with self._mutex:
+        with GUARD:
             file = self._files.get(key)
             if file is None:
                 file = self._files[key] = _File(fd, key)
@@ -179,15 +182,17 @@ class ByteLocks:
                 os.close(fd)  # no lock to lose: one descriptor per file is enough
             return self._add(file)
 
+    @settled
     def join(self, key: tuple[int, int]) -> int | None:
         """A new open of a file the table has (``(st_dev, st_ino)``), or None if it has not."""
-        with self._mutex:
+        with GUARD:
             file = self._files.get(key)
             return None if file is None else self._add(file)
 
+    @settled
     def again(self, opened: int) -> int:
         """Another open of the same file, with no locks of its own."""
-        with self._mutex:
+        with GUARD:
             return self._add(self._file(opened))
 
     def _file(self, opened: int) -> _File:
@@ -202,18 +207,21 @@ class ByteLocks:
         self._of[opened] = file
         return opened
 
+    @settled
     def key(self, opened: int) -> tuple[int, int]:
-        with self._mutex:
+        with GUARD:
             return self._file(opened).key
 
+    @settled
     def fd(self, opened: int) -> int:
         """The descriptor behind an open (shared by every open of the file in the process)."""
-        with self._mutex:
+        with GUARD:
             return self._file(opened).fd
 
+    @settled
     def lock(self, opened: int, byte: int, *, exclusive: bool) -> bool:
         """Lock ``byte`` for this open without waiting; False if another open has it."""
-        with self._mutex:
+        with GUARD:
             file = self._file(opened)
             holders = file.held.get(byte, {})
             others = [x for o, x in holders.items() if o != opened]
@@ -227,32 +235,33 @@ class ByteLocks:
             file.held[byte] = wanted
             return True
 
+    @settled
     def unlock(self, opened: int, byte: int) -> None:
         """Let go of ``byte`` (from a collection's callback inside a call here: right after
         that call, so it never changes a state the call is using)."""
-        if self._mutex.inside():
-            self._mutex.later(lambda: self.unlock(opened, byte))
+        if inside():
+            later(lambda: self.unlock(opened, byte))
             return
-        with self._mutex:
+        with GUARD:
             self._unlock(self._file(opened), opened, byte)
 
     def _unlock(self, file: _File, opened: int, byte: int) -> None:
+        """Set the process's lock to what the other opens need, whether or not this open's
+        lock was recorded: a ``lock`` that a signal handler's exception cut short between
+        taking the lock and recording it is let go of too."""
         holders = file.held.get(byte, {})
-        if opened not in holders:
-            return
         left = {o: x for o, x in holders.items() if o != opened}
-        before, after = file.want(byte, holders), file.want(byte, left)
-        if before != after:
-            file.set(byte, after)
+        file.set(byte, file.want(byte, left))
         if left:
             file.held[byte] = left
         else:
-            del file.held[byte]
+            file.held.pop(byte, None)
 
+    @settled
     def locked(self, opened: int, byte: int) -> bool:
         """Whether another open, in this process or another, holds a lock on ``byte`` (a
         byte kept for a forked child counts: the child may read through it)."""
-        with self._mutex:
+        with GUARD:
             file = self._file(opened)
             if byte in file.kept or any(o != opened for o in file.held.get(byte, {})):
                 return True
@@ -262,12 +271,13 @@ class ByteLocks:
                 raise lock_error("fcntl", f"{file.fd}, F_GETLK, byte {byte}", exc) from None
             return flock_kind(answer) != fcntl.F_UNLCK
 
+    @settled
     def close(self, opened: int) -> None:
         """Let go of an open's locks; the file's descriptor closes with its last open."""
-        if self._mutex.inside():
-            self._mutex.later(lambda: self.close(opened))
+        if inside():
+            later(lambda: self.close(opened))
             return
-        with self._mutex:
+        with GUARD:
             file = self._of.pop(opened, None)
             if file is None:
                 return
@@ -281,15 +291,16 @@ class ByteLocks:
                     for fd in (file.fd, *file.spare):
                         os.close(fd)
 
+    @settled
     def kept(self, opened: int) -> frozenset[int]:
         """Bytes this process holds for good for a forked child (see the module's note)."""
-        with self._mutex:
+        with GUARD:
             return frozenset(self._file(opened).kept)
 
     # -- fork ---------------------------------------------------------------------------
 
     def _before_fork(self) -> None:
-        self._mutex.lock.acquire()
+        GUARD.acquire()
         shared = {
             file: {b for b, holders in file.held.items() if not any(holders.values())}
             for file in self._files.values()
@@ -321,7 +332,7 @@ class ByteLocks:
                     file.kept |= bytes_
         finally:
             self._pipe, self._shared_at_fork = None, {}
-            self._mutex.lock.release()
+            GUARD.release()
 
     def _after_fork_in_child(self) -> None:
         """Hold, as this process, the shared locks the parent's opens held; drop the rest."""
@@ -346,7 +357,7 @@ class ByteLocks:
             os.close(writer)
             os.close(reader)
         self._pipe, self._shared_at_fork = None, {}
-        self._mutex.reset()
+        GUARD._at_fork_reinit()  # type: ignore[attr-defined]  # as threading resets its own
 
 
 LOCKS = ByteLocks()

@@ -43,7 +43,7 @@ assert sys.platform != "win32"
 
 import fcntl  # noqa: E402  (after the platform assertion, which mypy reads)
 
-from mmkit.platform.bytelocks import LOCKS, Guard  # noqa: E402
+from mmkit.platform.bytelocks import GUARD, LOCKS, inside, later, settled  # noqa: E402
 from mmkit.platform.fdsharing import FdSharing  # noqa: E402
 
 _shm = importlib.import_module("_posixshmem")  # the stdlib's shm_open (shared_memory's)
@@ -210,14 +210,6 @@ def _stop_servers() -> None:
             server.stop()
 
 
-_MUTEX = Guard()
-"""Guards every ``ShmSharing``'s table of handles; held across ``fork``."""
-
-os.register_at_fork(
-    before=_MUTEX.lock.acquire, after_in_parent=_MUTEX.lock.release, after_in_child=_MUTEX.reset
-)
-
-
 class ShmSharing(FdSharing):
     """``SharedMemory`` for macOS: ``shm_open`` objects, socket hand-over, ``ByteLocks``."""
 
@@ -228,6 +220,7 @@ class ShmSharing(FdSharing):
         super().__init__(memory)
         self._objects: dict[int, _Object] = {}
 
+    @settled
     def create(self, size: int) -> int:
         """A new object of ``size`` zero bytes, open read-write; it has no name left."""
         where = directory()
@@ -265,7 +258,7 @@ class ShmSharing(FdSharing):
             if isinstance(exc, OSError):
                 raise os_error("shm_open+ftruncate+listen", f"{name!r}, {size}", exc) from None
             raise
-        with _MUTEX:
+        with GUARD:
             self._objects[fd] = _Object(fd, readonly, opened, server)
         return fd
 
@@ -287,6 +280,7 @@ class ShmSharing(FdSharing):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
 
+    @settled
     def reopen(self, pid: int, handle: int) -> int:
         """A read-only handle of our own for an owner's object, asked of the owner's socket
         (in the owner's own process, taken from the handle directly)."""
@@ -328,7 +322,7 @@ class ShmSharing(FdSharing):
 
     def _reopen_here(self, handle: int) -> int | None:
         """Another handle of an object this process has, if it has it."""
-        with _MUTEX:
+        with GUARD:
             mine = self._objects.get(handle)
             if mine is None:
                 return None
@@ -363,10 +357,11 @@ class ShmSharing(FdSharing):
         return fds[0]
 
     def _adopt(self, readonly: int, opened: int) -> int:
-        with _MUTEX:
+        with GUARD:
             self._objects[readonly] = _Object(readonly, readonly, opened)
         return readonly
 
+    @settled
     def read(self, handle: int, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes from ``offset``, through a short-lived read-only mapping
         (macOS cannot ``read`` a shared memory object)."""
@@ -395,17 +390,18 @@ class ShmSharing(FdSharing):
         return LOCKS.locked(self._opened(handle), byte)
 
     def _opened(self, handle: int) -> int:
-        with _MUTEX:
+        with GUARD:
             mine = self._objects.get(handle)
         if mine is None:
             raise OSError(errno.EBADF, f"{handle} is not a handle of shared memory")
         return mine.opened
 
+    @settled
     def close(self, handle: int) -> None:
-        if _MUTEX.inside():  # a collection's callback, in the middle of one of our calls
-            _MUTEX.later(lambda: self.close(handle))
+        if inside():  # a collection's callback, in the middle of one of our calls
+            later(lambda: self.close(handle))
             return
-        with _MUTEX:
+        with GUARD:
             mine = self._objects.pop(handle, None)
         if mine is None:
             raise OSError(errno.EBADF, f"{handle} is not a handle of shared memory")
