@@ -175,7 +175,7 @@ def test_a_child_that_cannot_take_its_locks_leaves_them_with_the_parent(
         if pid == 0:  # pragma: no cover (the child)
             os._exit(0)
         os.waitpid(pid, 0)
-        assert LOCKS.kept(a) == {9}
+        assert LOCKS._files[LOCKS.key(a)].kept == {9}
         LOCKS.unlock(a, 9)
         assert LOCKS.locked(a, 9)  # to this open too: nothing here may rewrite what it guards
         assert seen(lockfile, 9) == "r"  # the child might have read through it: kept

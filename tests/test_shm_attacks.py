@@ -84,10 +84,10 @@ def test_closing_an_owner_whose_socket_was_removed_stops_its_thread(
 
 @pytest.mark.timeout(60)
 def test_a_caller_that_stalls_holds_up_other_attaches_only_briefly(owner: MmapManager) -> None:
-    stalled = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
+    stalled = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
     try:
         for conn in stalled:
-            conn.connect(socket_of(owner))  # and never answers the owner
+            conn.connect(socket_of(owner))  # and never answers: each holds the owner 1 s
         with mmkit.attach(owner.share()) as reader:
             assert bytes(reader.access_layer(LayerId(1, 2))) == stamp(LayerId(1, 2), 0)
     finally:

@@ -222,7 +222,7 @@ def os_error(call: str, arguments: str, exc: OSError) -> PlatformError:
         arguments,
         code,
         exc.strerror or os.strerror(code),
-        exhausted=code in (errno.ENOMEM, errno.ENOSPC, errno.EMFILE, errno.ENFILE),
+        exhausted=code in (errno.ENOMEM, errno.ENOSPC, errno.EMFILE, errno.ENFILE, errno.ENOLCK),
     )
 
 

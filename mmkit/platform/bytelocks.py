@@ -35,7 +35,7 @@ assert sys.platform != "win32"
 
 import fcntl  # noqa: E402  (after the platform assertion, which mypy reads)
 
-from mmkit.platform.base import PlatformError  # noqa: E402
+from mmkit.platform.base import PlatformError, os_error  # noqa: E402
 
 if sys.platform == "darwin":
     FLOCK = struct.Struct("@qqihh")
@@ -63,13 +63,6 @@ def flock_kind(answer: bytes) -> int:
     """The lock type of a ``struct flock`` the kernel filled in (``F_GETLK``)."""
     fields = FLOCK.unpack(answer)
     return int(fields[3] if sys.platform == "darwin" else fields[0])
-
-
-def lock_error(call: str, arguments: str, exc: OSError) -> PlatformError:
-    code = exc.errno or errno.EIO
-    return PlatformError(
-        call, arguments, code, os.strerror(code), exhausted=code in (errno.ENOLCK, errno.ENOMEM)
-    )
 
 
 GUARD = threading.RLock()
@@ -107,7 +100,9 @@ def settle() -> None:
 
 
 def settled(method: Callable[P, R]) -> Callable[P, R]:
-    """``method``, followed by ``settle``."""
+    """``method``, followed by ``settle``: for the calls that change the table. (Queries
+    do not settle: the shm backend's hand-over thread asks them, and must never run a
+    close, which could be of its own owner.)"""
 
     @functools.wraps(method)
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -148,7 +143,7 @@ class _File:
         except OSError as exc:
             if exc.errno in LOCK_FAILED and kind != fcntl.F_UNLCK:
                 return False
-            raise lock_error("fcntl", f"{self.fd}, F_SETLK, byte {byte}", exc) from None
+            raise os_error("fcntl", f"{self.fd}, F_SETLK, byte {byte}", exc) from None
         return True
 
 
@@ -182,14 +177,12 @@ class ByteLocks:
                 os.close(fd)  # no lock to lose: one descriptor per file is enough
             return self._add(file)
 
-    @settled
     def join(self, key: tuple[int, int]) -> int | None:
         """A new open of a file the table has (``(st_dev, st_ino)``), or None if it has not."""
         with GUARD:
             file = self._files.get(key)
             return None if file is None else self._add(file)
 
-    @settled
     def again(self, opened: int) -> int:
         """Another open of the same file, with no locks of its own."""
         with GUARD:
@@ -207,12 +200,10 @@ class ByteLocks:
         self._of[opened] = file
         return opened
 
-    @settled
     def key(self, opened: int) -> tuple[int, int]:
         with GUARD:
             return self._file(opened).key
 
-    @settled
     def fd(self, opened: int) -> int:
         """The descriptor behind an open (shared by every open of the file in the process)."""
         with GUARD:
@@ -257,7 +248,6 @@ class ByteLocks:
         else:
             file.held.pop(byte, None)
 
-    @settled
     def locked(self, opened: int, byte: int) -> bool:
         """Whether another open, in this process or another, holds a lock on ``byte`` (a
         byte kept for a forked child counts: the child may read through it)."""
@@ -268,7 +258,7 @@ class ByteLocks:
             try:
                 answer = fcntl.fcntl(file.fd, fcntl.F_GETLK, flock(fcntl.F_WRLCK, byte))
             except OSError as exc:
-                raise lock_error("fcntl", f"{file.fd}, F_GETLK, byte {byte}", exc) from None
+                raise os_error("fcntl", f"{file.fd}, F_GETLK, byte {byte}", exc) from None
             return flock_kind(answer) != fcntl.F_UNLCK
 
     @settled
@@ -290,12 +280,6 @@ class ByteLocks:
                     del self._files[file.key]
                     for fd in (file.fd, *file.spare):
                         os.close(fd)
-
-    @settled
-    def kept(self, opened: int) -> frozenset[int]:
-        """Bytes this process holds for good for a forked child (see the module's note)."""
-        with GUARD:
-            return frozenset(self._file(opened).kept)
 
     # -- fork ---------------------------------------------------------------------------
 

@@ -223,14 +223,15 @@ class ShmSharing(FdSharing):
     @settled
     def create(self, size: int) -> int:
         """A new object of ``size`` zero bytes, open read-write; it has no name left."""
-        where = directory()
         try:
+            where = directory()
             with contextlib.suppress(FileExistsError):
                 os.mkdir(where, 0o700)
             _private(where)
             self._sweep(where)
         except OSError as exc:
-            raise os_error("mkdir", str(where), exc) from None
+            named = str(exc.filename or "mmkit's directory of owners")
+            raise os_error("mkdir", named, exc) from None
         name = f"/mmkit-{secrets.token_hex(8)}"  # 23 characters: macOS allows 31
         try:
             fd = _shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
@@ -332,8 +333,7 @@ class ShmSharing(FdSharing):
             except BaseException:
                 os.close(readonly)
                 raise
-            self._objects[readonly] = _Object(readonly, readonly, opened)
-            return readonly
+            return self._adopt(readonly, opened)
 
     @staticmethod
     def _lock_file(conn: socket.socket, key: tuple[int, int]) -> int:
