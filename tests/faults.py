@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Sequence
 
 from mmkit.platform import Advice, PlatformError, Protection, SharedMemory, VirtualMemory
 
@@ -113,6 +114,7 @@ SHARING_FAILURES = {
     "size": errno.EIO,
     "read": errno.EIO,
     "map": errno.ENOMEM,
+    "vacate": errno.ENOMEM,
     "punch": errno.EIO,
     "lock": errno.ENOLCK,
     "unlock": errno.ENOLCK,
@@ -123,8 +125,8 @@ SHARING_FAILURES = {
 class FaultySharing:
     """Wraps a ``SharedMemory``; its calls count, and fail, with a ``FaultyMemory``'s.
 
-    ``unmap`` and ``close`` are passed through: they give back, and cannot fail for what this
-    process mapped and opened.
+    ``release``, ``unmap`` and ``close`` are passed through: they give back, and cannot fail
+    for what this process mapped and opened.
     """
 
     def __init__(self, inner: SharedMemory, clock: FaultyMemory) -> None:
@@ -132,14 +134,13 @@ class FaultySharing:
         self.clock = clock
         self.name = f"faulty-{inner.name}"
         self.gives_back = inner.gives_back
-        self.gives_back = inner.gives_back
 
     def _check(self, call: str, *arguments: object) -> None:
         self.clock._check(call, *arguments)
 
-    def create(self, size: int) -> int:
+    def create(self, size: int, control: int) -> int:
         self._check("create", size)
-        return self.inner.create(size)
+        return self.inner.create(size, control)
 
     def reopen(self, pid: int, handle: int) -> int:
         self._check("reopen", pid, handle)
@@ -156,11 +157,22 @@ class FaultySharing:
     def user(self) -> int:
         return self.inner.user()
 
+    def reserve(self, size: int, alignment: int, shared: Sequence[tuple[int, int]]) -> int:
+        self._check("reserve", size, alignment)
+        return self.inner.reserve(size, alignment, shared)
+
+    def release(self, address: int, size: int) -> None:
+        self.inner.release(address, size)
+
     def map(
         self, address: int | None, size: int, handle: int, offset: int, *, writable: bool
     ) -> int:
         self._check("map", address, size, handle, offset)
         return self.inner.map(address, size, handle, offset, writable=writable)
+
+    def vacate(self, address: int, size: int) -> None:
+        self._check("vacate", address, size)
+        self.inner.vacate(address, size)
 
     def unmap(self, address: int, size: int) -> None:
         self.inner.unmap(address, size)

@@ -52,8 +52,12 @@ merged_neighbours = pytest.mark.skipif(
     "(vm_map_simplify_entry merges only entries of one object)",
 )
 sharing = pytest.mark.skipif(
-    sys.platform == "win32" or SHARING is None,
-    reason="mmkit does not share memory between processes on Windows yet",
+    SHARING is None,
+    reason="this system cannot share memory between processes (Windows before 10 version 1803)",
+)
+shm_sharing = pytest.mark.skipif(
+    sys.platform == "win32" or SHARING is None or SHARING.name != "shm",
+    reason="about macOS's sharing backend (on Linux too, run by test_shm_sharing)",
 )
 memfd_sharing = pytest.mark.skipif(
     not sys.platform.startswith("linux") or SHARING is None or SHARING.name != "memfd",

@@ -277,6 +277,7 @@ STORMED_READER = """
 """
 
 
+@markers.posix_signals
 @pytest.mark.timeout(120)
 def test_exceptions_from_any_signal_handler_leave_no_pins_behind() -> None:
     """A reader whose calls a signal handler interrupts at random (a SIGALRM timeout that

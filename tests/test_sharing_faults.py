@@ -8,7 +8,6 @@ as before; attaching must leave no descriptor and no mapping behind.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -20,7 +19,7 @@ from mmkit import LayerId, MmapManager, MmkitError
 from mmkit.platform import BACKEND, PAGE_SIZE, SHARING
 from tests import markers
 from tests.faults import FaultyMemory, FaultySharing
-from tests.osprobe import address_space_bytes
+from tests.osprobe import address_space_bytes, open_handles
 from tests.test_sharing import shared_config, stamp
 
 pytestmark = markers.sharing
@@ -107,10 +106,6 @@ def arena_mappings() -> int:
         return sum("mmkit-arena" in line or "/dev/shm/mmkit-" in line for line in maps)
 
 
-def descriptors() -> int:
-    return len(os.listdir("/proc/self/fd" if sys.platform.startswith("linux") else "/dev/fd"))
-
-
 @pytest.mark.parametrize("persistent", [False, True], ids=["once", "from-then-on"])
 def test_a_failed_attach_leaves_nothing(persistent: bool) -> None:
     assert SHARING is not None
@@ -120,7 +115,7 @@ def test_a_failed_attach_leaves_nothing(persistent: bool) -> None:
         refused = 0
         for n in range(1, 60):
             clock = FaultyMemory(BACKEND)
-            space, fds, arena = address_space_bytes(), descriptors(), arena_mappings()
+            space, fds, arena = address_space_bytes(), open_handles(), arena_mappings()
             clock.fail_at(n, persistent=persistent)
             try:
                 reader = mmkit.attach(handle, sharing=FaultySharing(SHARING, clock))
@@ -136,7 +131,7 @@ def test_a_failed_attach_leaves_nothing(persistent: bool) -> None:
             # the whole layout (12 MiB here), which no such growth comes near.
             grown = address_space_bytes() - space
             assert grown < 1 << 20, f"call {n} leaked {grown} bytes of address space"
-            assert (descriptors(), arena_mappings()) == (fds, arena), f"call {n} leaked"
+            assert (open_handles(), arena_mappings()) == (fds, arena), f"call {n} leaked"
         else:
             raise AssertionError("attach made more than 60 calls")
         assert refused >= 5

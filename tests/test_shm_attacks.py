@@ -18,22 +18,14 @@ import mmkit
 from mmkit import LayerId, MmapManager
 from mmkit.platform import SHARING
 from tests import markers
+from tests.osprobe import open_handles
 from tests.test_sharing import Child, shared_config, stamp
 
-pytestmark = [
-    markers.sharing,
-    pytest.mark.skipif(
-        SHARING is None or SHARING.name != "shm", reason="about macOS's sharing backend"
-    ),
-]
+pytestmark = [markers.sharing, markers.shm_sharing]
 
 if sys.platform != "win32":
     from mmkit.platform import bytelocks, shm
     from mmkit.platform.bytelocks import LOCKS
-
-
-def descriptors() -> int:
-    return len(os.listdir("/proc/self/fd" if sys.platform.startswith("linux") else "/dev/fd"))
 
 
 @pytest.fixture
@@ -110,7 +102,7 @@ def test_a_caller_that_sends_garbage_is_cut_off(owner: MmapManager) -> None:
 def test_an_owner_whose_thread_cannot_start_leaves_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    before, names = descriptors(), set(os.listdir(shm.directory()))
+    before, names = open_handles(), set(os.listdir(shm.directory()))
 
     def refuse(self: threading.Thread) -> None:
         raise RuntimeError("can't start new thread")
@@ -119,7 +111,7 @@ def test_an_owner_whose_thread_cannot_start_leaves_nothing(
     with pytest.raises(RuntimeError):
         MmapManager(shared_config()).load_dimension(1)
     monkeypatch.undo()
-    assert descriptors() == before
+    assert open_handles() == before
     assert set(os.listdir(shm.directory())) == names
 
 
@@ -149,7 +141,7 @@ OWNER_THAT_HANGS_UP = """
 def test_an_owner_that_hangs_up_midway_leaves_the_reader_nothing_open() -> None:
     with Child(OWNER_THAT_HANGS_UP) as owner:
         token = owner.line()
-        before, files = descriptors(), len(LOCKS._files)
+        before, files = open_handles(), len(LOCKS._files)
         first = mmkit.attach(token)
         try:
             with mmkit.attach(token):  # the lock file is had already: "have", then nothing
@@ -157,7 +149,7 @@ def test_an_owner_that_hangs_up_midway_leaves_the_reader_nothing_open() -> None:
         except mmkit.AttachError:
             pass
         first.close()
-        assert descriptors() == before
+        assert open_handles() == before
         assert len(LOCKS._files) == files
 
 
@@ -204,17 +196,17 @@ def hello(conn: socket.socket, fd: int, key: tuple[int, int] = (1, 2)) -> None:
 
 
 def test_a_socket_that_answers_garbage_is_refused() -> None:
-    before = descriptors()
+    before = open_handles()
     with (
         fake_owner(lambda conn: conn.sendall(b"hello there")) as fake,
         pytest.raises(mmkit.AttachError, match="not mmkit"),
     ):
         mmkit.attach(fake.token())
-    assert descriptors() == before
+    assert open_handles() == before
 
 
 def test_a_writable_descriptor_is_refused(tmp_path: Path) -> None:
-    before = descriptors()
+    before = open_handles()
     writable = os.open(tmp_path / "data", os.O_RDWR | os.O_CREAT)
     try:
         with (
@@ -224,11 +216,11 @@ def test_a_writable_descriptor_is_refused(tmp_path: Path) -> None:
             mmkit.attach(fake.token())
     finally:
         os.close(writable)
-    assert descriptors() == before
+    assert open_handles() == before
 
 
 def test_a_lock_file_other_than_the_one_announced_is_refused(tmp_path: Path) -> None:
-    before = descriptors()
+    before = open_handles()
     (tmp_path / "data").write_bytes(b"\0" * 4096)
     readonly = os.open(tmp_path / "data", os.O_RDONLY)
     other = os.open(tmp_path / "other", os.O_RDWR | os.O_CREAT)
@@ -244,7 +236,7 @@ def test_a_lock_file_other_than_the_one_announced_is_refused(tmp_path: Path) -> 
     finally:
         os.close(readonly)
         os.close(other)
-    assert descriptors() == before
+    assert open_handles() == before
     assert not [file for file in LOCKS._files.values() if file.key == (1, 2)]
 
 
@@ -298,7 +290,7 @@ def test_a_socket_left_by_a_killed_process_of_our_pid_is_replaced(tmp_path: Path
         os.close(readonly)
 
 
-def test_handles_it_never_made_are_bad_descriptors() -> None:
+def test_handles_it_never_made_are_bad_open_handles() -> None:
     assert SHARING is not None
     for call in (
         lambda: SHARING.close(99999),

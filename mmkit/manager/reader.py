@@ -109,7 +109,10 @@ def attach(handle: object, *, sharing: SharedMemory | None = None) -> SharedRead
         raise AttachError(f"sharing must be a SharedMemory, not {type(sharing).__name__}")
     sharing = SHARING if sharing is None else sharing
     if sharing is None:
-        raise AttachError(f"mmkit does not share memory between processes on {BACKEND.name} yet")
+        raise AttachError(
+            f"this {BACKEND.name} system cannot share memory between processes (mmkit needs "
+            "Linux, macOS, or Windows 10 version 1803 or later)"
+        )
     user = sharing.user()
     if share.uid != user:
         raise AttachError(

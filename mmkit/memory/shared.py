@@ -75,6 +75,18 @@ def wait_for_lock(sharing: SharedMemory, handle: int, byte: int, *, exclusive: b
     return False
 
 
+def shared_parts(layout: Layout, arena: ArenaLayout) -> list[tuple[int, int, int]]:
+    """The parts of the reservation the arena is mapped over, in address order: (offset in
+    the reservation, size, offset in the arena)."""
+    parts = [
+        (start, spec.size, offset)
+        for (spec, start), offset in zip(layout.dimensions, arena.offsets, strict=True)
+    ]
+    if layout.spares_size:
+        parts.append((layout.spares_offset, layout.spares_size, arena.spares_offset))
+    return parts
+
+
 class _Over:
     """A ``VirtualMemory`` over another one: what a subclass does not change, it passes on."""
 
@@ -142,13 +154,7 @@ class SharedArena(_Over, ForkAware):
         self._first_slot: dict[DimensionId, int] = {}
         for slot, layer in enumerate(self._layers):
             self._first_slot.setdefault(layer.dimension, slot)
-        # The shared parts of the reservation, in address order: (offset in it, size, in arena)
-        self._shared = [
-            (start, spec.size, offset)
-            for (spec, start), offset in zip(layout.dimensions, arena.offsets, strict=True)
-        ]
-        if layout.spares_size:
-            self._shared.append((layout.spares_offset, layout.spares_size, arena.spares_offset))
+        self._shared = shared_parts(layout, arena)
         self._starts = [start for start, _, _ in self._shared]
         self._free = list(range(arena.spare_layers - 1, -1, -1))
         self._unsettled: set[int] = set()
@@ -164,7 +170,7 @@ class SharedArena(_Over, ForkAware):
     def reserve(self, size: int, alignment: int = 0) -> int:
         """Make the shared object and its control area, then reserve the budget."""
         sharing, arena = self.sharing, self.arena
-        handle = sharing.create(arena.size)
+        handle = sharing.create(arena.size, arena.control_size)
         control = 0
         try:
             control = sharing.map(None, arena.control_size, handle, 0, writable=True)
@@ -183,7 +189,8 @@ class SharedArena(_Over, ForkAware):
             ctypes.memmove(control + DESCRIPTION_OFFSET, arena.description, len(arena.description))
             if not sharing.lock(handle, OWNER_BYTE, exclusive=True):
                 raise PlatformError("lock", "owner byte", errno.EAGAIN, "held", exhausted=False)
-            self.base = self.inner.reserve(size, alignment)
+            spans = [(start, length) for start, length, _ in self._shared]
+            self.base = sharing.reserve(size, alignment, spans)
         except BaseException:
             if control:
                 sharing.unmap(control, arena.control_size)
@@ -195,7 +202,7 @@ class SharedArena(_Over, ForkAware):
     def release(self, address: int, size: int) -> None:
         """Give the reservation back, and with it this process's hold on the arena."""
         try:
-            self.inner.release(address, size)
+            self.sharing.release(address, size)
         finally:
             self.finish()
             if self.control and not self.forked:
@@ -226,9 +233,10 @@ class SharedArena(_Over, ForkAware):
 
     def decommit(self, address: int, size: int) -> None:
         offset = self._offset(address, size)
-        self.inner.decommit(address, size)
         if offset is None:
+            self.inner.decommit(address, size)
             return
+        self.sharing.vacate(address, size)
         if not (self.forked or self.closed):
             self.sharing.punch(self.handle, offset, size)
         self.busy.difference_update(self._units(offset, size, whole=True))
@@ -488,15 +496,13 @@ class AttachedArena(_Over, ForkAware):
         control = sharing.map(None, arena.control_size, self.handle, 0, writable=False)
         base = 0
         try:
-            base = self.inner.reserve(size, alignment)
-            for (spec, start), offset in zip(layout.dimensions, arena.offsets, strict=True):
-                sharing.map(base + start, spec.size, self.handle, offset, writable=False)
-            if layout.spares_size:
-                spares, size_ = base + layout.spares_offset, layout.spares_size
-                sharing.map(spares, size_, self.handle, arena.spares_offset, writable=False)
+            parts = shared_parts(layout, arena)
+            base = sharing.reserve(size, alignment, [(start, n) for start, n, _ in parts])
+            for start, length, offset in parts:
+                sharing.map(base + start, length, self.handle, offset, writable=False)
         except BaseException:
             if base:
-                self.inner.release(base, size)
+                sharing.release(base, size)
             sharing.unmap(control, arena.control_size)
             raise
         self.base, self.control = base, control
@@ -514,7 +520,7 @@ class AttachedArena(_Over, ForkAware):
 
     def _release(self, address: int, size: int) -> None:
         try:
-            self.inner.release(address, size)
+            self.sharing.release(address, size)
         finally:
             with self._lock:
                 self._released = True

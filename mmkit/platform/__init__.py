@@ -85,12 +85,19 @@ def _make_sharing() -> SharedMemory | None:
 
         assert isinstance(BACKEND, PosixMemory)
         return ShmSharing(BACKEND)
-    return None
+    from mmkit.platform.sections import SectionSharing
+    from mmkit.platform.windows import WindowsMemory
+
+    assert isinstance(BACKEND, WindowsMemory)
+    try:
+        return SectionSharing(BACKEND)
+    except OSError:  # before Windows 10 1803: no placeholders
+        return None
 
 
 SHARING: SharedMemory | None = _make_sharing()
 """How this OS shares memory between processes (``MemoryConfig(shared=True)``); None where
-mmkit does not share yet."""
+it cannot (Windows before 10 version 1803)."""
 
 FREE_THREADED: bool = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 """Whether this CPython is built without the GIL (PEP 703): threads then run at once, and

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import errno
 import os
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 
@@ -160,8 +161,13 @@ class SharedMemory(Protocol):
     gives_back: bool
     """Whether ``punch`` returns memory to the OS (else it does nothing)."""
 
-    def create(self, size: int) -> int:
-        """A new shared object of ``size`` zero bytes that nobody can resize, open read-write."""
+    def create(self, size: int, control: int) -> int:
+        """A new shared object of ``size`` zero bytes that nobody can resize, open read-write.
+
+        Its first ``control`` bytes are the control area, the one part ``map`` maps anywhere
+        (Windows keeps it apart, so that a closed reader's lingering control view does not
+        hold the whole object).
+        """
         ...
 
     def reopen(self, pid: int, handle: int) -> int:
@@ -182,10 +188,25 @@ class SharedMemory(Protocol):
         """Who this process runs as: only the same user may attach to its shared memory."""
         ...
 
+    def reserve(self, size: int, alignment: int, shared: Sequence[tuple[int, int]]) -> int:
+        """Reserve address space as ``VirtualMemory.reserve`` does, in which ``map`` can map
+        the ``shared`` spans (offset, size); the rest is committed through ``VirtualMemory``."""
+        ...
+
+    def release(self, address: int, size: int) -> None:
+        """Give back a whole ``reserve``d span, with everything mapped in it."""
+        ...
+
     def map(
         self, address: int | None, size: int, handle: int, offset: int, *, writable: bool
     ) -> int:
-        """Map part of the object over ``address`` (or anywhere); the address it is at."""
+        """Map part of the object over a shared span of a reservation, or the control area
+        anywhere (``address`` None); the address it is at."""
+        ...
+
+    def vacate(self, address: int, size: int) -> None:
+        """Put back the reservation where ``map`` mapped: inaccessible, mapping nothing (where
+        a span is part of what one call mapped, Windows makes it inaccessible only)."""
         ...
 
     def unmap(self, address: int, size: int) -> None:

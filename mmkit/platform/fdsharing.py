@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 
 from mmkit.platform.posix import PosixMemory
 
@@ -23,10 +24,21 @@ class FdSharing:
     def user(self) -> int:
         return os.geteuid()
 
+    def reserve(self, size: int, alignment: int, shared: Sequence[tuple[int, int]]) -> int:
+        """Plain reserved address space: ``mmap`` maps a file over any part of it."""
+        return self.memory.reserve(size, alignment)
+
+    def release(self, address: int, size: int) -> None:
+        self.memory.release(address, size)
+
     def map(
         self, address: int | None, size: int, handle: int, offset: int, *, writable: bool
     ) -> int:
         return self.memory.map_file(address, size, handle, offset, writable=writable)
+
+    def vacate(self, address: int, size: int) -> None:
+        """Map the reservation back over a shared span, in one step."""
+        self.memory.decommit(address, size)
 
     def unmap(self, address: int, size: int) -> None:
         self.memory.unmap(address, size)

@@ -52,7 +52,7 @@ class MemfdSharing(FdSharing):
         self._fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
         self._fallocate.restype = ctypes.c_int
 
-    def create(self, size: int) -> int:
+    def create(self, size: int, control: int) -> int:
         """A new sealed-size memfd of ``size`` zero bytes, open read-write, close-on-exec."""
         try:
             fd = os.memfd_create(NAME, MFD_CLOEXEC | MFD_ALLOW_SEALING)

@@ -221,7 +221,7 @@ class ShmSharing(FdSharing):
         self._objects: dict[int, _Object] = {}
 
     @settled
-    def create(self, size: int) -> int:
+    def create(self, size: int, control: int) -> int:
         """A new object of ``size`` zero bytes, open read-write; it has no name left."""
         try:
             where = directory()

@@ -274,7 +274,7 @@ def page_name(value: int) -> str:
     return _PAGE_NAMES.get(value, f"{value:#x}")
 
 
-def _last_error() -> int:
+def last_error() -> int:
     """The last-error value ctypes saved right after the most recent call on this thread."""
     if sys.platform == "win32":
         return ctypes.get_last_error()
@@ -288,18 +288,18 @@ def _message(winerror: int) -> str:
     return f"Windows error {winerror}"
 
 
-def _failure(call: str, arguments: str, winerror: int | None = None) -> PlatformError:
+def failure(call: str, arguments: str, winerror: int | None = None) -> PlatformError:
     """The error for a call that just failed; reads last-error unless the call returned it."""
-    code = _last_error() if winerror is None else winerror
+    code = last_error() if winerror is None else winerror
     return windows_error(call, arguments, code, _message(code))
 
 
-_Function = Callable[..., Any]
+Function = Callable[..., Any]
 
 
-def _declare(
+def declare(
     library: ctypes.CDLL, name: str, argtypes: Sequence[Any], restype: Any
-) -> _Function | None:
+) -> Function | None:
     """The named export with its C signature declared, or None when this Windows lacks it."""
     try:
         function = library[name]
@@ -310,9 +310,9 @@ def _declare(
     return function
 
 
-def _require(library: ctypes.CDLL, name: str, argtypes: Sequence[Any], restype: Any) -> _Function:
-    """Like ``_declare`` for exports every supported Windows has."""
-    function = _declare(library, name, argtypes, restype)
+def require(library: ctypes.CDLL, name: str, argtypes: Sequence[Any], restype: Any) -> Function:
+    """Like ``declare`` for exports every supported Windows has."""
+    function = declare(library, name, argtypes, restype)
     if function is None:
         raise OSError(f"kernel32 has no {name}")
     return function
@@ -321,67 +321,65 @@ def _require(library: ctypes.CDLL, name: str, argtypes: Sequence[Any], restype: 
 class _Kernel32:
     """Private kernel32 bindings (never the shared ``ctypes.windll``), saving last-error."""
 
-    virtual_alloc: _Function
-    virtual_free: _Function
-    virtual_protect: _Function
-    virtual_lock: _Function
-    virtual_unlock: _Function
-    virtual_query: _Function
-    get_system_info: _Function
-    get_current_process: _Function
-    get_large_page_minimum: _Function | None
-    prefetch_virtual_memory: _Function | None
-    discard_virtual_memory: _Function | None
-    query_working_set_ex: _Function | None
+    virtual_alloc: Function
+    virtual_free: Function
+    virtual_protect: Function
+    virtual_lock: Function
+    virtual_unlock: Function
+    virtual_query: Function
+    get_system_info: Function
+    get_current_process: Function
+    get_large_page_minimum: Function | None
+    prefetch_virtual_memory: Function | None
+    discard_virtual_memory: Function | None
+    query_working_set_ex: Function | None
 
     def __init__(self) -> None:
         if sys.platform != "win32":
             raise OSError("WindowsMemory needs Windows")
         kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
-        self.virtual_alloc = _require(
+        self.virtual_alloc = require(
             kernel32, "VirtualAlloc", [c_void_p, c_size_t, c_uint32, c_uint32], c_void_p
         )
-        self.virtual_free = _require(
+        self.virtual_free = require(
             kernel32, "VirtualFree", [c_void_p, c_size_t, c_uint32], ctypes.c_int
         )
-        self.virtual_protect = _require(
+        self.virtual_protect = require(
             kernel32,
             "VirtualProtect",
             [c_void_p, c_size_t, c_uint32, ctypes.POINTER(c_uint32)],
             ctypes.c_int,
         )
-        self.virtual_lock = _require(kernel32, "VirtualLock", [c_void_p, c_size_t], ctypes.c_int)
-        self.virtual_unlock = _require(
-            kernel32, "VirtualUnlock", [c_void_p, c_size_t], ctypes.c_int
-        )
-        self.virtual_query = _require(
+        self.virtual_lock = require(kernel32, "VirtualLock", [c_void_p, c_size_t], ctypes.c_int)
+        self.virtual_unlock = require(kernel32, "VirtualUnlock", [c_void_p, c_size_t], ctypes.c_int)
+        self.virtual_query = require(
             kernel32,
             "VirtualQuery",
             [c_void_p, ctypes.POINTER(MemoryBasicInformation), c_size_t],
             c_size_t,
         )
-        self.get_system_info = _require(
+        self.get_system_info = require(
             kernel32, "GetSystemInfo", [ctypes.POINTER(SystemInfo)], None
         )
-        self.get_current_process = _require(kernel32, "GetCurrentProcess", [], c_void_p)
-        self.get_large_page_minimum = _declare(kernel32, "GetLargePageMinimum", [], c_size_t)
-        self.prefetch_virtual_memory = _declare(
+        self.get_current_process = require(kernel32, "GetCurrentProcess", [], c_void_p)
+        self.get_large_page_minimum = declare(kernel32, "GetLargePageMinimum", [], c_size_t)
+        self.prefetch_virtual_memory = declare(
             kernel32,
             "PrefetchVirtualMemory",
             [c_void_p, c_size_t, ctypes.POINTER(MemoryRangeEntry), c_uint32],
             ctypes.c_int,
         )
-        self.discard_virtual_memory = _declare(
+        self.discard_virtual_memory = declare(
             kernel32, "DiscardVirtualMemory", [c_void_p, c_size_t], c_uint32
         )
         query_signature = ([c_void_p, c_void_p, c_uint32], ctypes.c_int)
-        self.query_working_set_ex = _declare(kernel32, "K32QueryWorkingSetEx", *query_signature)
+        self.query_working_set_ex = declare(kernel32, "K32QueryWorkingSetEx", *query_signature)
         if self.query_working_set_ex is None:
             try:
                 psapi = ctypes.WinDLL("psapi", use_last_error=True)
             except OSError:
                 return
-            self.query_working_set_ex = _declare(psapi, "QueryWorkingSetEx", *query_signature)
+            self.query_working_set_ex = declare(psapi, "QueryWorkingSetEx", *query_signature)
 
 
 def require_64_bit(pointer_size: int) -> None:
@@ -458,7 +456,7 @@ class WindowsMemory:
         old = c_uint32()
         if not self._api.virtual_protect(address, size, new, byref(old)):
             arguments = span_arguments(address, size, page_name(new), "&old")
-            raise _failure("VirtualProtect", arguments)
+            raise failure("VirtualProtect", arguments)
 
     def advise(self, address: int, size: int, advice: Advice) -> bool:
         """WILLNEED prefetches and DONTNEED discards; the other hints do nothing (False).
@@ -476,7 +474,7 @@ class WindowsMemory:
             entry = MemoryRangeEntry(address, size)
             if not prefetch(self._api.get_current_process(), 1, byref(entry), 0):
                 arguments = f"GetCurrentProcess(), 1, {{{span_arguments(address, size)}}}, 0"
-                raise _failure("PrefetchVirtualMemory", arguments)
+                raise failure("PrefetchVirtualMemory", arguments)
             return True
         if action is AdviceAction.DISCARD:
             discard = self._api.discard_virtual_memory
@@ -484,7 +482,7 @@ class WindowsMemory:
                 return False
             code = int(discard(address, size))
             if code != ERROR_SUCCESS:
-                raise _failure("DiscardVirtualMemory", span_arguments(address, size), code)
+                raise failure("DiscardVirtualMemory", span_arguments(address, size), code)
             return True
         return False
 
@@ -500,13 +498,13 @@ class WindowsMemory:
         """Lock committed pages into the working set (bounded by the minimum working set)."""
         check_span("lock", address, size, self.page_size)
         if not self._api.virtual_lock(address, size):
-            raise _failure("VirtualLock", span_arguments(address, size))
+            raise failure("VirtualLock", span_arguments(address, size))
 
     def unlock(self, address: int, size: int) -> None:
         """Unlock pages; fails with ERROR_NOT_LOCKED if any page was not locked."""
         check_span("unlock", address, size, self.page_size)
         if not self._api.virtual_unlock(address, size):
-            raise _failure("VirtualUnlock", span_arguments(address, size))
+            raise failure("VirtualUnlock", span_arguments(address, size))
 
     def resident(self, address: int, size: int) -> int:
         """Bytes of the span in the working set, per QueryWorkingSetEx's Valid bit."""
@@ -524,7 +522,7 @@ class WindowsMemory:
             length = count * sizeof(WorkingSetExInformation)
             if not query(process, entries, length):
                 arguments = f"GetCurrentProcess(), {address_text(start)} ({count} pages), {length}"
-                raise _failure("QueryWorkingSetEx", arguments)
+                raise failure("QueryWorkingSetEx", arguments)
             valid += valid_pages(working_set_attributes(entries, count))
         return valid * self.page_size
 
@@ -532,7 +530,7 @@ class WindowsMemory:
         result = self._api.virtual_alloc(address, size, kind, protection)
         if not result:
             arguments = span_arguments(address, size, mem_name(kind), page_name(protection))
-            raise _failure("VirtualAlloc", arguments)
+            raise failure("VirtualAlloc", arguments)
         return int(result)
 
     def _reserve(self, address: int | None, size: int) -> int:
@@ -540,7 +538,7 @@ class WindowsMemory:
 
     def _free(self, address: int, size: int, kind: int) -> None:
         if not self._api.virtual_free(address, size, kind):
-            raise _failure("VirtualFree", span_arguments(address, size, mem_name(kind)))
+            raise failure("VirtualFree", span_arguments(address, size, mem_name(kind)))
 
     def _reservation_size(self, base: int) -> int:
         """Total size of the reservation starting exactly at ``base`` (all its regions)."""
@@ -552,7 +550,7 @@ class WindowsMemory:
                 if total:
                     break
                 arguments = f"{address_text(address)}, &info, {sizeof(info)}"
-                raise _failure("VirtualQuery", arguments)
+                raise failure("VirtualQuery", arguments)
             if info.State == MEM_FREE or (info.AllocationBase or 0) != base:
                 break
             total += int(info.RegionSize)

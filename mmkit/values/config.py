@@ -162,8 +162,8 @@ class MemoryConfig:
         """Refuse ``shared=True`` where ``sharing`` cannot do what the configuration asks."""
         if sharing is None:
             raise ConfigError(
-                f"shared=True: mmkit does not share memory between processes on "
-                f"{BACKEND.name} yet (Linux and macOS only, for now)"
+                f"shared=True: this {BACKEND.name} system cannot share memory between "
+                "processes (mmkit needs Linux, macOS, or Windows 10 version 1803 or later)"
             )
         if self.resident_limit is not None and not sharing.gives_back:
             raise ConfigError(

@@ -1,9 +1,10 @@
 """``ShareHandle``: what a process needs to attach to an owner's shared memory, as a token.
 
-The token names the owner's process and its descriptor of the memory, the user both must
-run as, and a random nonce the memory itself carries: a token whose process has exited, or
-whose number now names something else, fails the nonce check rather than attach to it.
-It is plain printable text, so it travels by pickle, environment variable or command line.
+The token names the owner's process and its descriptor of the memory (on Windows, its three
+handles packed into one number), the user both must run as, and a random nonce the memory
+itself carries: a token whose process has exited, or whose number now names something
+else, fails the nonce check rather than attach to it. It is plain printable text, so it
+travels by pickle, environment variable or command line.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ FORMAT = 1
 
 _PREFIX = "mmkit-share-"
 _TOKEN = re.compile(
-    r"mmkit-share-([0-9]{1,4}):([0-9]{1,10}):([0-9]{1,10}):([0-9]{1,10}):([0-9a-f]{32})"
+    r"mmkit-share-([0-9]{1,4}):([0-9]{1,10}):([0-9]{1,10}):([0-9]{1,29}):([0-9a-f]{32})"
 )
 
 

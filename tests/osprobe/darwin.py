@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import sys
 from collections.abc import Callable, Iterator
 from ctypes import c_int, c_uint16, c_uint32, c_uint64, c_void_p
@@ -170,6 +171,11 @@ def mapping_count() -> int:
 def address_space_bytes() -> int:
     """The task's virtual size, accessible or not."""
     return int(vm_info().virtual_size)
+
+
+def open_handles() -> int:
+    """Descriptors this process has open."""
+    return len(os.listdir("/dev/fd"))
 
 
 def resident_bytes() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import os
 from collections.abc import Iterator
 
 from tests.osprobe.spans import Region, parse_maps_line, status_kib
@@ -32,6 +33,11 @@ def _status(key: str) -> int:
 def address_space_bytes() -> int:
     """``VmSize``: every mapping, accessible or not."""
     return _status("VmSize")
+
+
+def open_handles() -> int:
+    """Descriptors this process has open."""
+    return len(os.listdir("/proc/self/fd"))
 
 
 def resident_bytes() -> int:

@@ -66,7 +66,7 @@ class ProcessMemoryCountersEx(ctypes.Structure):
 
 
 class _Api:
-    """The three kernel32 (or psapi) functions the probes call, with their C signatures."""
+    """The kernel32 (or psapi) functions the probes call, with their C signatures."""
 
     def __init__(self) -> None:
         if sys.platform != "win32":
@@ -89,6 +89,9 @@ class _Api:
         counters.argtypes = [c_void_p, ctypes.POINTER(ProcessMemoryCountersEx), c_uint32]
         counters.restype = ctypes.c_int
         self.memory_info: Callable[..., int] = counters
+        self.handle_count: Callable[..., int] = kernel32.GetProcessHandleCount
+        self.handle_count.argtypes = [c_void_p, ctypes.POINTER(c_uint32)]
+        self.handle_count.restype = ctypes.c_int
 
 
 @functools.cache
@@ -141,6 +144,15 @@ def mapping_count() -> int:
 def address_space_bytes() -> int:
     """Bytes of address space reserved or committed."""
     return sum(region.end - region.start for region in regions(0, TOP))
+
+
+def open_handles() -> int:
+    """Kernel handles this process holds."""
+    api = _api()
+    count = c_uint32()
+    if not api.handle_count(api.current_process(), ctypes.byref(count)):
+        raise ctypes.WinError(ctypes.get_last_error())
+    return count.value
 
 
 def resident_bytes() -> int:

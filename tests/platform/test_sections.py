@@ -1,0 +1,352 @@
+"""Windows' sharing backend (``mmkit.platform.sections``), on any OS: its pure logic, and its
+address-space calls run against a model that enforces the placeholder rules Microsoft
+documents (a view replaces a placeholder of exactly its size; only placeholders split; a
+view unmaps back to a placeholder whole). The calls themselves run on Windows, in the
+sharing suites."""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+from mmkit import MemoryConfig
+from mmkit.memory.arena import ArenaLayout
+from mmkit.memory.region import plan_layout
+from mmkit.memory.shared import shared_parts
+from mmkit.platform import Protection, sections, windows
+from mmkit.platform.sections import Kind, Pieces, SectionSharing, gaps, pack, sid_digest, unpack
+from mmkit.values.share import ShareHandle
+from tests.conftest import small_config
+
+PAGE = 4096
+GRANULE = 1 << 16
+TOP = (1 << 32) - 1
+
+
+@pytest.mark.parametrize("values", [(4, 8, 12), (TOP, TOP, TOP), (0x1A4, 0x3C, 0x7FFFFFFC)])
+def test_three_handles_pack_into_one_number_and_back(values: tuple[int, int, int]) -> None:
+    assert unpack(pack(*values)) == values
+    token = str(ShareHandle(sid_digest(b"S-1-5-21"), 1234, pack(*values), "0" * 32))
+    assert unpack(ShareHandle.parse(token).handle) == values
+
+
+@pytest.mark.parametrize(
+    "values", [(0, 8, 12), (4, 0, 12), (4, 8, 0), (1 << 32, 8, 12), (-4, 8, 12)]
+)
+def test_a_handle_that_does_not_fit_is_refused(values: tuple[int, int, int]) -> None:
+    with pytest.raises(ValueError, match="do not fit"):
+        pack(*values)
+
+
+@pytest.mark.parametrize("number", [0, -1, 3, 1 << 32, (1 << 64) + 5, 1 << 96, 7 << 96])
+def test_a_number_no_three_handles_make_is_refused(number: int) -> None:
+    with pytest.raises(ValueError, match="not a Windows share handle"):
+        unpack(number)
+
+
+def test_a_users_id_is_a_stable_32_bit_digest_of_the_sid() -> None:
+    sid = bytes([1, 5, 0, 0, 0, 0, 0, 5, 21, 0, 0, 0]) + bytes(range(12))
+    assert sid_digest(sid) == sid_digest(bytes(sid))
+    assert 0 <= sid_digest(sid) < 1 << 32
+    assert sid_digest(sid) != sid_digest(sid[:-1] + b"\xff")
+
+
+def test_the_gaps_between_shared_spans_are_what_the_owner_commits_privately() -> None:
+    assert gaps(100, [(10, 20), (40, 10)]) == [(0, 10), (30, 10), (50, 50)]
+    assert gaps(100, [(0, 100)]) == []
+    assert gaps(100, []) == [(0, 100)]
+    assert gaps(100, [(50, 50), (0, 50)]) == []
+    for bad in ([(10, 20), (20, 10)], [(90, 20)], [(10, 0)]):
+        with pytest.raises(ValueError, match="overlaps another or leaves"):
+            gaps(100, bad)
+
+
+def test_a_span_in_the_middle_of_a_placeholder_takes_two_head_splits() -> None:
+    pieces = Pieces(0x10000, 10 * PAGE)
+    plan = pieces.splits(0x10000 + 2 * PAGE, 3 * PAGE)
+    assert plan == [(0x10000, 2 * PAGE), (0x10000 + 2 * PAGE, 3 * PAGE)]
+    for start, length in plan:
+        pieces.split(start, length)
+    assert list(pieces) == [
+        (0x10000, 2 * PAGE, Kind.PLACEHOLDER),
+        (0x10000 + 2 * PAGE, 3 * PAGE, Kind.PLACEHOLDER),
+        (0x10000 + 5 * PAGE, 5 * PAGE, Kind.PLACEHOLDER),
+    ]
+    assert pieces.splits(0x10000 + 2 * PAGE, 3 * PAGE) == []  # already its own
+
+
+def test_a_span_at_either_end_takes_one_split_or_none() -> None:
+    pieces = Pieces(0, 10 * PAGE)
+    assert pieces.splits(0, 4 * PAGE) == [(0, 4 * PAGE)]
+    assert pieces.splits(6 * PAGE, 4 * PAGE) == [(0, 6 * PAGE)]
+    assert pieces.splits(0, 10 * PAGE) == []
+
+
+def test_a_span_across_pieces_or_in_a_view_is_refused() -> None:
+    pieces = Pieces(0, 10 * PAGE)
+    pieces.split(0, 4 * PAGE)
+    with pytest.raises(ValueError, match="do not lie in one placeholder"):
+        pieces.splits(2 * PAGE, 4 * PAGE)
+    pieces.mark(0, 4 * PAGE, Kind.VIEW)
+    with pytest.raises(ValueError, match="is a view"):
+        pieces.splits(0, 4 * PAGE)
+    with pytest.raises(ValueError, match="outside the reservation"):
+        pieces.piece(10 * PAGE)
+    assert pieces.overlapping(3 * PAGE, 2 * PAGE) == [
+        (0, 4 * PAGE, Kind.VIEW),
+        (4 * PAGE, 6 * PAGE, Kind.PLACEHOLDER),
+    ]
+
+
+def test_the_lock_offset_fills_overlapped_as_windows_reads_it() -> None:
+    assert ctypes.sizeof(sections.Overlapped) == 32
+    assert sections.Overlapped.Offset.offset == 16
+    at = sections._at((7 << 32) + 5)
+    assert (at.Offset, at.OffsetHigh) == (5, 7)
+
+
+def test_the_constants_are_windows_own() -> None:
+    assert (sections.MEM_RESERVE_PLACEHOLDER, sections.MEM_REPLACE_PLACEHOLDER) == (
+        0x00040000,
+        0x00004000,
+    )
+    assert sections.MEM_PRESERVE_PLACEHOLDER == 0x2
+    assert (sections.FILE_MAP_COPY, sections.FILE_MAP_WRITE, sections.FILE_MAP_READ) == (1, 2, 4)
+    assert sections.SEC_COMMIT == 0x08000000
+    assert sections.PAGE_WRITECOPY == 0x08
+    assert sections.PROCESS_DUP_HANDLE == 0x40
+    assert sections.FILE_FLAG_DELETE_ON_CLOSE == 0x04000000
+    assert (sections.LOCKFILE_FAIL_IMMEDIATELY, sections.LOCKFILE_EXCLUSIVE_LOCK) == (1, 2)
+    assert (sections.ERROR_LOCK_VIOLATION, windows.ERROR_NOT_LOCKED) == (33, 158)
+
+
+# -- the address-space calls, against a model of Windows' placeholder rules -----------------
+
+
+class Broken(AssertionError):
+    """A call Windows would refuse: the backend broke a documented rule."""
+
+
+class Model:
+    """The address space as Windows keeps it for the calls ``SectionSharing`` makes: regions
+    (start -> size, kind), with the rules of VirtualAlloc2, VirtualFree, MapViewOfFile3 and
+    UnmapViewOfFile(2). It never refuses for lack of resources; it raises ``Broken`` where
+    Windows would refuse the call itself."""
+
+    def __init__(self) -> None:
+        self.regions: dict[int, tuple[int, str]] = {}
+        self.protection: dict[int, str] = {}
+        self._next = 0x7F0000000000
+        self.fail: str | None = None
+
+    # what SectionSharing's memory (WindowsMemory) is asked for
+    page_size = PAGE
+    granularity = GRANULE
+
+    def reserve(self, size: int, alignment: int = 0) -> int:
+        return self._fresh(size, "reserved")
+
+    def release(self, address: int, size: int) -> None:
+        self._expect(address, size, "reserved")
+        del self.regions[address]
+
+    def protect(self, address: int, size: int, protection: Protection) -> None:
+        start, length, kind = self._holding(address)
+        if kind != "view" or address + size > start + length:
+            raise Broken(f"VirtualProtect over {size} bytes at {address:#x}: not in one view")
+        self.protection[address] = protection.value
+
+    # the kernel calls
+    def get_current_process(self) -> int:
+        return (1 << 64) - 1
+
+    def virtual_alloc2(
+        self, process: int, address: int | None, size: int, kind: int, *rest: object
+    ) -> int:
+        if self.fail == "VirtualAlloc2":
+            return 0
+        if kind == windows.MEM_RESERVE | sections.MEM_RESERVE_PLACEHOLDER:
+            if address is None:
+                return self._fresh(size, "placeholder")
+            if any(s < address + size and address < s + n for s, (n, _) in self.regions.items()):
+                raise Broken(f"VirtualAlloc2 at {address:#x}: not free")
+            self.regions[address] = (size, "placeholder")
+            return address
+        if kind == windows.MEM_RESERVE | sections.MEM_REPLACE_PLACEHOLDER:
+            assert address is not None
+            self._expect(address, size, "placeholder")
+            self.regions[address] = (size, "reserved")
+            return address
+        raise Broken(f"VirtualAlloc2 with {kind:#x}")
+
+    def virtual_free(self, address: int, size: int, kind: int) -> int:
+        if kind == windows.MEM_RELEASE | sections.MEM_PRESERVE_PLACEHOLDER:
+            whole, what = self.regions.get(address, (0, "nothing"))
+            if what != "placeholder" or not 0 < size < whole:
+                raise Broken(f"split of {size} at {address:#x}: a {what} of {whole} bytes")
+            self.regions[address] = (size, what)
+            self.regions[address + size] = (whole - size, what)
+            return 1
+        if kind == windows.MEM_RELEASE and size == 0:
+            if self.regions.get(address, (0, "view"))[1] == "view":
+                raise Broken(
+                    f"VirtualFree(MEM_RELEASE) at {address:#x}: no allocation starts there"
+                )
+            del self.regions[address]
+            return 1
+        raise Broken(f"VirtualFree({address:#x}, {size}, {kind:#x})")
+
+    def map_view_of_file3(self, *arguments: int) -> int:
+        _section, _process, address, offset, size, kind, _protection = arguments[:7]
+        if self.fail == "MapViewOfFile3":
+            return 0
+        if kind != sections.MEM_REPLACE_PLACEHOLDER or offset % PAGE:
+            raise Broken(f"MapViewOfFile3 with {kind:#x} at offset {offset:#x}")
+        self._expect(address, size, "placeholder")
+        self.regions[address] = (size, "view")
+        return address
+
+    def unmap_view_of_file2(self, process: int, address: int, flags: int) -> int:
+        self._expect(address, None, "view")
+        if flags != sections.MEM_PRESERVE_PLACEHOLDER:
+            raise Broken(f"UnmapViewOfFile2 with {flags:#x}")
+        self.regions[address] = (self.regions[address][0], "placeholder")
+        return 1
+
+    def unmap_view_of_file(self, address: int) -> int:
+        self._expect(address, None, "view")
+        del self.regions[address]
+        return 1
+
+    # helpers
+    def _fresh(self, size: int, kind: str) -> int:
+        address = self._next
+        self._next += (size + GRANULE - 1) // GRANULE * GRANULE + GRANULE
+        self.regions[address] = (size, kind)
+        return address
+
+    def _expect(self, address: int, size: int | None, kind: str) -> None:
+        length, what = self.regions.get(address, (0, "nothing"))
+        if what != kind or (size is not None and size != length):
+            raise Broken(f"{kind} of {size} bytes expected at {address:#x}: a {what} of {length}")
+
+    def _holding(self, address: int) -> tuple[int, int, str]:
+        for start, (length, kind) in self.regions.items():
+            if start <= address < start + length:
+                return start, length, kind
+        raise Broken(f"{address:#x} is in no region")
+
+    def in_range(self, base: int, size: int) -> list[tuple[int, int, str]]:
+        return sorted((s, n, k) for s, (n, k) in self.regions.items() if base <= s < base + size)
+
+
+@pytest.fixture
+def model(monkeypatch: pytest.MonkeyPatch) -> Iterator[Model]:
+    model = Model()
+    codes = itertools.repeat(windows.ERROR_NOT_ENOUGH_MEMORY)
+    monkeypatch.setattr(windows, "last_error", lambda: next(codes))
+    yield model
+
+
+def backend(model: Model) -> SectionSharing:
+    return SectionSharing(model, model)  # type: ignore[arg-type]
+
+
+def layout_of(config: MemoryConfig, alignment: int) -> tuple[int, list[tuple[int, int, int]]]:
+    layout = plan_layout(config, PAGE, alignment)
+    return layout.size, shared_parts(layout, ArenaLayout.plan(config, PAGE))
+
+
+CONFIGS = {
+    "four spare layers": small_config(shared=True, spare_layers=4),
+    "one spare layer": small_config(shared=True, spare_layers=1),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("alignment", [GRANULE, 1 << 21], ids=["granule", "2MiB"])
+def test_the_owners_life_keeps_to_the_placeholder_rules(
+    model: Model, name: str, alignment: int
+) -> None:
+    sharing = backend(model)
+    size, parts = layout_of(CONFIGS[name], alignment)
+    base = sharing.reserve(size, alignment, [(start, n) for start, n, _ in parts])
+    assert base % alignment == 0
+    kinds = {kind for _, _, kind in model.in_range(base, size)}
+    assert kinds <= {"placeholder", "reserved"}
+    handle = pack(4, 8, 12)
+    for _ in range(2):  # load, evict, load again: the same spans, whole
+        for start, length, offset in parts:
+            sharing.map(base + start, length, handle, offset, writable=True)
+        for start, length, _ in parts:
+            sharing.vacate(base + start, length)
+    for start, length, offset in parts:
+        sharing.map(base + start, length, handle, offset, writable=True)
+    start, length, _ = parts[0]
+    sharing.vacate(base + start + PAGE, length - PAGE)  # closing keeps a viewed page
+    assert model.protection[base + start + PAGE] == "none"
+    sharing.release(base, size)
+    assert model.in_range(base, size) == []
+
+
+def test_a_reader_maps_each_part_once_and_lets_go_of_everything(model: Model) -> None:
+    sharing = backend(model)
+    size, parts = layout_of(CONFIGS["four spare layers"], 1 << 21)
+    base = sharing.reserve(size, 1 << 21, [(start, n) for start, n, _ in parts])
+    for start, length, offset in parts:
+        sharing.map(base + start, length, pack(4, 8, 12), offset, writable=False)
+    views = [(s - base, n) for s, n, kind in model.in_range(base, size) if kind == "view"]
+    assert views == [(start, length) for start, length, _ in parts]
+    sharing.release(base, size)
+    assert model.in_range(base, size) == []
+
+
+def test_a_failed_map_leaves_the_span_mappable_and_the_release_whole(model: Model) -> None:
+    sharing = backend(model)
+    size, parts = layout_of(CONFIGS["four spare layers"], GRANULE)
+    base = sharing.reserve(size, GRANULE, [(start, n) for start, n, _ in parts])
+    start, length, offset = parts[0]
+    model.fail = "MapViewOfFile3"
+    with pytest.raises(windows.PlatformError, match="MapViewOfFile3") as caught:
+        sharing.map(base + start, length, pack(4, 8, 12), offset, writable=True)
+    assert caught.value.exhausted
+    model.fail = None
+    sharing.map(base + start, length, pack(4, 8, 12), offset, writable=True)
+    sharing.release(base, size)
+    assert model.in_range(base, size) == []
+
+
+def test_a_failed_reservation_leaves_nothing(model: Model) -> None:
+    sharing = backend(model)
+    size, parts = layout_of(CONFIGS["four spare layers"], GRANULE)
+    calls = 0
+    real = model.virtual_alloc2
+
+    def second_fails(*arguments: object) -> int:
+        nonlocal calls
+        calls += 1
+        return 0 if calls == 2 else real(*arguments)  # type: ignore[arg-type]
+
+    model.virtual_alloc2 = second_fails  # type: ignore[method-assign]
+    with pytest.raises(windows.PlatformError, match="VirtualAlloc2"):
+        sharing.reserve(size, GRANULE, [(start, n) for start, n, _ in parts])
+    assert model.regions == {}
+
+
+def test_spans_mapped_otherwise_than_laid_out_are_refused(model: Model) -> None:
+    sharing = backend(model)
+    size, parts = layout_of(CONFIGS["four spare layers"], GRANULE)
+    base = sharing.reserve(size, GRANULE, [(start, n) for start, n, _ in parts])
+    start, length, offset = parts[0]
+    with pytest.raises(ValueError, match="do not lie in one placeholder"):
+        sharing.map(base + start, length + PAGE, pack(4, 8, 12), offset, writable=True)
+    with pytest.raises(ValueError, match="lies in no shared reservation"):
+        sharing.map(base + size, PAGE, pack(4, 8, 12), 0, writable=True)
+    with pytest.raises(ValueError, match="no shared reservation of"):
+        sharing.release(base, size + PAGE)
+    with pytest.raises(ValueError, match="vacate it"):
+        sharing.unmap(base, PAGE)
+    sharing.release(base, size)
