@@ -59,6 +59,10 @@ shm_sharing = pytest.mark.skipif(
     sys.platform == "win32" or SHARING is None or SHARING.name != "shm",
     reason="about macOS's sharing backend (on Linux too, run by test_shm_sharing)",
 )
+windows_sharing = pytest.mark.skipif(
+    sys.platform != "win32" or SHARING is None,
+    reason="about Windows' sharing backend (sections mapped into placeholders)",
+)
 memfd_sharing = pytest.mark.skipif(
     not sys.platform.startswith("linux") or SHARING is None or SHARING.name != "memfd",
     reason="about Linux's sharing backend (a sealed memfd, whatever the size of /dev/shm)",

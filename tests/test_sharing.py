@@ -589,6 +589,35 @@ def test_the_kernel_refuses_a_reader_that_writes(owner: MmapManager) -> None:
     assert bytes(view) == stamp(LayerId(1, 0), 0)
 
 
+@markers.windows_sharing
+@pytest.mark.timeout(60)
+def test_windows_refuses_a_reader_that_writes(owner: MmapManager) -> None:
+    code = f"""
+        import ctypes, mmkit
+        from ctypes import c_size_t, c_uint32, c_void_p
+        from mmkit.platform import sections
+        reader = mmkit.attach({str(owner.share())!r})
+        section = sections.unpack(reader._memory.handle)[0]
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        kernel32.MapViewOfFile.argtypes = [c_void_p, c_uint32, c_uint32, c_uint32, c_size_t]
+        kernel32.MapViewOfFile.restype = c_void_p
+        if not kernel32.MapViewOfFile(section, sections.FILE_MAP_WRITE, 0, 0, 4096):
+            print("writable view refused", flush=True)
+        view = reader.access_layer(mmkit.LayerId(1, 0))
+        address = mmkit.address_of(view)
+        protect = kernel32.VirtualProtect
+        protect.argtypes = [c_void_p, c_size_t, c_uint32, ctypes.POINTER(c_uint32)]
+        old = c_uint32()
+        if not protect(address, 4096, 0x04, ctypes.byref(old)):
+            print("VirtualProtect refused", flush=True)
+        ctypes.c_char.from_address(address).value = b"X"
+    """
+    result = run_python(code, timeout=60, measured=False)
+    assert result.stdout.splitlines() == ["writable view refused", "VirtualProtect refused"]
+    assert crashed(result.returncode), describe(result.returncode)
+    assert bytes(owner.access_layer(LayerId(1, 0))) == stamp(LayerId(1, 0), 0)
+
+
 def read_after_the_owner_is_killed() -> None:
     code = """
         import sys, mmkit

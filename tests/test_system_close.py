@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -120,5 +121,5 @@ def test_threads_querying_while_another_closes_all_end_in_invalid_state() -> Non
     for thread in threads:
         thread.join()
     for ending in endings:
-        assert isinstance(ending, InvalidState), repr(ending)
+        assert isinstance(ending, InvalidState), "".join(traceback.format_exception(ending))
         assert "the system is closed" in str(ending)
