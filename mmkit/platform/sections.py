@@ -132,6 +132,16 @@ def unpack(handle: int) -> tuple[int, int, int]:
     return values
 
 
+def _handles(handle: int, call: str) -> tuple[int, int, int]:
+    """``unpack`` for a call on an open handle: a closed or foreign one is ``EBADF``, as a
+    closed descriptor is on POSIX."""
+    try:
+        return unpack(handle)
+    except ValueError:
+        reason = f"{handle} is not an open share handle"
+        raise PlatformError(call, str(handle), errno.EBADF, reason, exhausted=False) from None
+
+
 def sid_digest(sid: bytes) -> int:
     """A user's id for the share token: a 32-bit digest of the SID (the token's early check;
     Windows itself refuses other users at ``OpenProcess``)."""
@@ -429,11 +439,11 @@ class SectionSharing:
             api.close_handle(process)
 
     def size(self, handle: int) -> int:
-        return self._view_size(unpack(handle)[0])
+        return self._view_size(_handles(handle, "size")[0])
 
     def read(self, handle: int, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes from ``offset``: in the control area, or in the data past it."""
-        section, control, _ = unpack(handle)
+        section, control, _ = _handles(handle, "read")
         source, whole = control, self._view_size(control)
         if offset >= whole:
             source, whole = section, self._view_size(section)
@@ -446,7 +456,7 @@ class SectionSharing:
         return self._user
 
     def close(self, handle: int) -> None:
-        self._close_all(list(unpack(handle)))
+        self._close_all(list(_handles(handle, "close")))
 
     # -- address space ------------------------------------------------------------------
 
@@ -485,7 +495,7 @@ class SectionSharing:
     def map(
         self, address: int | None, size: int, handle: int, offset: int, *, writable: bool
     ) -> int:
-        section, control, _ = unpack(handle)
+        section, control, _ = _handles(handle, "map")
         if address is None:
             return self._map_control(control, size, offset, writable=writable)
         with self._lock:
@@ -548,7 +558,7 @@ class SectionSharing:
     # -- byte locks ---------------------------------------------------------------------
 
     def lock(self, handle: int, byte: int, *, exclusive: bool) -> bool:
-        locks = unpack(handle)[2]
+        locks = _handles(handle, "lock")[2]
         flags = LOCKFILE_FAIL_IMMEDIATELY | (LOCKFILE_EXCLUSIVE_LOCK if exclusive else 0)
         deadline = 0.0
         while True:
@@ -568,7 +578,7 @@ class SectionSharing:
 
     def unlock(self, handle: int, byte: int) -> None:
         """Let go of every lock this open holds on ``byte`` (none is no error)."""
-        locks = unpack(handle)[2]
+        locks = _handles(handle, "unlock")[2]
         for _ in range(UNLOCK_ROUNDS):
             if not self._api.unlock_file_ex(locks, 0, 1, 0, byref(_at(byte))):
                 code = last_error()

@@ -7,6 +7,7 @@ sharing suites."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import itertools
 from collections.abc import Iterator
 
@@ -45,6 +46,25 @@ def test_a_handle_that_does_not_fit_is_refused(values: tuple[int, int, int]) -> 
 def test_a_number_no_three_handles_make_is_refused(number: int) -> None:
     with pytest.raises(ValueError, match="not a Windows share handle"):
         unpack(number)
+
+
+@pytest.mark.parametrize("call", ["size", "read", "map", "lock", "unlock", "locked", "close"])
+def test_a_closed_handle_is_a_bad_descriptor_as_on_posix(model: Model, call: str) -> None:
+    sharing = backend(model)
+    arguments = {
+        "size": (-1,),
+        "read": (-1, 0, 8),
+        "map": (None, PAGE, -1, 0),
+        "lock": (-1, 0),
+        "unlock": (-1, 0),
+        "locked": (-1, 0),
+        "close": (-1,),
+    }[call]
+    keywords = {"map": {"writable": False}, "lock": {"exclusive": False}}.get(call, {})
+    with pytest.raises(windows.PlatformError) as caught:
+        getattr(sharing, call)(*arguments, **keywords)
+    assert caught.value.errno == errno.EBADF
+    assert "not an open share handle" in str(caught.value)
 
 
 def test_a_users_id_is_a_stable_32_bit_digest_of_the_sid() -> None:
@@ -278,13 +298,23 @@ def test_the_owners_life_keeps_to_the_placeholder_rules(
     kinds = {kind for _, _, kind in model.in_range(base, size)}
     assert kinds <= {"placeholder", "reserved"}
     handle = pack(4, 8, 12)
-    for _ in range(2):  # load, evict, load again: the same spans, whole
-        for start, length, offset in parts:
+    *regions, (spares, spares_size, spares_offset) = parts
+    layer = CONFIGS[name].layer_size
+    for _ in range(2):  # load, evict, load again: the same regions, whole
+        for start, length, offset in regions:
             sharing.map(base + start, length, handle, offset, writable=True)
-        for start, length, _ in parts:
+        for start, length, _ in regions:
             sharing.vacate(base + start, length)
-    for start, length, offset in parts:
+    for start, length, offset in regions:
         sharing.map(base + start, length, handle, offset, writable=True)
+    layers = range(0, spares_size, layer)
+    for at in [*layers, *reversed(layers)]:  # updates take and give back spare layers
+        address = base + spares + at
+        if model.regions.get(address, (0, ""))[1] == "view":
+            sharing.vacate(address, layer)
+        else:
+            sharing.map(address, layer, handle, spares_offset + at, writable=True)
+    assert all(kind == "placeholder" for _, _, kind in model.in_range(base + spares, spares_size))
     start, length, _ = parts[0]
     sharing.vacate(base + start + PAGE, length - PAGE)  # closing keeps a viewed page
     assert model.protection[base + start + PAGE] == "none"
