@@ -157,9 +157,9 @@ class FaultySharing:
     def user(self) -> int:
         return self.inner.user()
 
-    def reserve(self, size: int, alignment: int, shared: Sequence[tuple[int, int]]) -> int:
+    def reserve(self, size: int, alignment: int, private: Sequence[tuple[int, int]]) -> int:
         self._check("reserve", size, alignment)
-        return self.inner.reserve(size, alignment, shared)
+        return self.inner.reserve(size, alignment, private)
 
     def release(self, address: int, size: int) -> None:
         self.inner.release(address, size)

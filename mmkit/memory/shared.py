@@ -189,8 +189,9 @@ class SharedArena(_Over, ForkAware):
             ctypes.memmove(control + DESCRIPTION_OFFSET, arena.description, len(arena.description))
             if not sharing.lock(handle, OWNER_BYTE, exclusive=True):
                 raise PlatformError("lock", "owner byte", errno.EAGAIN, "held", exhausted=False)
-            spans = [(start, length) for start, length, _ in self._shared]
-            self.base = sharing.reserve(size, alignment, spans)
+            layout = self.layout
+            pool = [(layout.pool_offset, size - layout.pool_offset)] if layout.pool_size else []
+            self.base = sharing.reserve(size, alignment, pool)
         except BaseException:
             if control:
                 sharing.unmap(control, arena.control_size)
@@ -496,9 +497,8 @@ class AttachedArena(_Over, ForkAware):
         control = sharing.map(None, arena.control_size, self.handle, 0, writable=False)
         base = 0
         try:
-            parts = shared_parts(layout, arena)
-            base = sharing.reserve(size, alignment, [(start, n) for start, n, _ in parts])
-            for start, length, offset in parts:
+            base = sharing.reserve(size, alignment, [])
+            for start, length, offset in shared_parts(layout, arena):
                 sharing.map(base + start, length, self.handle, offset, writable=False)
         except BaseException:
             if base:
@@ -554,9 +554,10 @@ class AttachedArena(_Over, ForkAware):
     def pin(self, unit: int) -> bool:
         """Pin a unit. It is recorded in ``pins`` first, so that an exception anywhere (a
         signal handler's) never leaves a lock unrecorded; a record without its lock is
-        harmless, and the reader lets go of records it has no lease for."""
+        harmless, and the reader lets go of records it has no lease for. Nobody holds a pin
+        byte exclusively but for an instant (Windows' ``locked`` takes it to look)."""
         self.pins.add(unit)
-        if self.sharing.lock(self.handle, FIRST_PIN + unit, exclusive=False):
+        if wait_for_lock(self.sharing, self.handle, FIRST_PIN + unit, exclusive=False):
             return True
         self.pins.discard(unit)
         return False

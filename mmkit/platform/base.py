@@ -188,9 +188,10 @@ class SharedMemory(Protocol):
         """Who this process runs as: only the same user may attach to its shared memory."""
         ...
 
-    def reserve(self, size: int, alignment: int, shared: Sequence[tuple[int, int]]) -> int:
+    def reserve(self, size: int, alignment: int, private: Sequence[tuple[int, int]]) -> int:
         """Reserve address space as ``VirtualMemory.reserve`` does, in which ``map`` can map
-        the ``shared`` spans (offset, size); the rest is committed through ``VirtualMemory``."""
+        shared spans, and ``VirtualMemory`` commit the ``private`` ones (offset, size; whole
+        granules)."""
         ...
 
     def release(self, address: int, size: int) -> None:

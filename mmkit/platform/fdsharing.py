@@ -24,7 +24,7 @@ class FdSharing:
     def user(self) -> int:
         return os.geteuid()
 
-    def reserve(self, size: int, alignment: int, shared: Sequence[tuple[int, int]]) -> int:
+    def reserve(self, size: int, alignment: int, private: Sequence[tuple[int, int]]) -> int:
         """Plain reserved address space: ``mmap`` maps a file over any part of it."""
         return self.memory.reserve(size, alignment)
 

@@ -14,17 +14,20 @@ processes die.
   holds a few pages of control section, never the data;
 - the *lock file*, created in the temporary directory with ``FILE_FLAG_DELETE_ON_CLOSE``:
   pins are byte locks on it, each open its own file object (``ReOpenFile``), and they go
-  with the handle or the process.
+  with the handle or the process. Windows tells whether a byte is locked only by letting
+  one take it, so ``locked`` holds it for an instant; callers that must not fail on such a
+  probe poll (``wait_for_lock``).
 
 A handle, here and in the token, is the three handle values packed into one int. A reader
 opens the owner's process with ``PROCESS_DUP_HANDLE``, which Windows refuses to processes of
-another user, and duplicates the sections with ``FILE_MAP_READ`` only: a writable view of
-them is refused by the kernel.
+another user (unless the reader holds ``SeDebugPrivilege``, as an elevated administrator
+may) and to an elevated owner from a reader that is not, and duplicates the sections with
+``FILE_MAP_READ`` only: a writable view of them is refused by the kernel.
 
 A view can be mapped at a chosen address only over a *placeholder* of exactly its size
 (Windows 10 1803 and later): each reservation is one placeholder, cut up as views come and
-go (``Pieces``); the owner's private parts become ordinary reservations up front, so its
-pool commits there as everywhere else.
+go (``Pieces``); the owner's pool becomes an ordinary reservation up front, so it commits
+there as everywhere else. Guard pages stay placeholders: inaccessible, as they should be.
 
 Importable everywhere so its pure logic can be tested on any OS; only constructing
 ``SectionSharing`` needs Windows.
@@ -38,16 +41,17 @@ import enum
 import errno
 import os
 import secrets
+import struct
 import sys
 import tempfile
 import threading
-import time
 import zlib
 from collections.abc import Iterator, Sequence
 from ctypes import byref, c_int, c_size_t, c_uint32, c_uint64, c_void_p, c_wchar_p, sizeof
 from typing import TYPE_CHECKING
 
 from mmkit.platform.base import NotShared, PlatformError, Protection, check_span
+from mmkit.platform.interrupts import interrupts_deferred
 from mmkit.platform.windows import (
     ERROR_ACCESS_DENIED,
     ERROR_INVALID_ADDRESS,
@@ -83,6 +87,8 @@ FILE_MAP_COPY = 0x0001
 FILE_MAP_WRITE = 0x0002
 FILE_MAP_READ = 0x0004
 PROCESS_DUP_HANDLE = 0x0040
+SYNCHRONIZE = 0x00100000
+WAIT_OBJECT_0 = 0
 DUPLICATE_SAME_ACCESS = 0x2
 GENERIC_READ = 0x80000000
 GENERIC_WRITE = 0x40000000
@@ -106,10 +112,11 @@ INVALID_HANDLE_VALUE = (1 << 64) - 1
 HANDLE_BITS = 32
 """Kernel handle values fit in 32 bits on 64-bit Windows (kept so for 32-bit interop)."""
 
-PROBE_PATIENCE = 0.05
-"""Seconds a shared lock retries against an exclusive one: Windows cannot ask who holds a
-byte but by taking it, so ``locked`` takes it for an instant, and a pin meeting such a probe
-(or a publishing owner, which holds the table for microseconds) tries again."""
+TRAILER = struct.Struct("=8sQQQ")
+"""magic, owner pid, the lock file's handle value in the owner, closed: this backend's own
+record, in a page after the control area, that ``reopen`` checks before it touches the lock
+file (a number reused for a pipe could block the queries made on it)."""
+TRAILER_MAGIC = b"MMKITWIN"
 
 UNLOCK_ROUNDS = 1024
 """Most unlocks of one byte: Windows stacks a shared lock one open takes twice."""
@@ -146,21 +153,6 @@ def sid_digest(sid: bytes) -> int:
     """A user's id for the share token: a 32-bit digest of the SID (the token's early check;
     Windows itself refuses other users at ``OpenProcess``)."""
     return zlib.crc32(sid)
-
-
-def gaps(size: int, spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The parts of [0, size) outside ``spans`` (offset, size), in order; spans must not overlap."""
-    result = []
-    at = 0
-    for start, length in sorted(spans):
-        if start < at or length <= 0 or start + length > size:
-            raise ValueError(f"span ({start}, {length}) overlaps another or leaves [0, {size})")
-        if start > at:
-            result.append((at, start - at))
-        at = start + length
-    if at < size:
-        result.append((at, size - at))
-    return result
 
 
 class Kind(enum.Enum):
@@ -274,6 +266,7 @@ class _Api:
     open_process_token: Function
     get_token_information: Function
     get_length_sid: Function
+    wait_for_single_object: Function
 
     def __init__(self) -> None:
         if sys.platform != "win32":
@@ -367,6 +360,9 @@ class _Api:
             boolean,
         )
         self.get_length_sid = require(advapi32, "GetLengthSid", [c_void_p], dword)
+        self.wait_for_single_object = require(
+            kernel32, "WaitForSingleObject", [handle, dword], dword
+        )
 
 
 class SectionSharing:
@@ -383,60 +379,73 @@ class SectionSharing:
         self._process = int(self._api.get_current_process())
         self._lock = threading.Lock()
         self._reservations: dict[int, Pieces] = {}
+        self._created: dict[int, int] = {}  # handles this process made: their control size
         self._user: int | None = None
 
     # -- objects ------------------------------------------------------------------------
 
     def create(self, size: int, control: int) -> int:
-        """Two new sections (the data, its first ``control`` bytes apart) and a lock file."""
+        """Two new sections (the data, and its first ``control`` bytes apart, with this
+        backend's trailer after them) and a lock file."""
         made: list[int] = []
-        try:
-            made.append(self._section(size))
-            made.append(self._section(control))
-            made.append(self._lock_file())
-            return pack(*made)
-        except BaseException:
-            self._close_all(made)
-            raise
+        with interrupts_deferred():  # a handle made is a handle recorded
+            try:
+                made.append(self._section(size))
+                made.append(self._section(control + self.memory.page_size))
+                made.append(self._lock_file())
+                self._write_trailer(
+                    made[1], control, TRAILER.pack(TRAILER_MAGIC, os.getpid(), made[2], 0)
+                )
+                handle = pack(*made)
+            except BaseException:
+                self._close_all(made)
+                raise
+            self._created[handle] = control
+        return handle
 
     def reopen(self, pid: int, handle: int) -> int:
         """Our own read-only copies of another process's three handles.
 
-        The sections are duplicated with read access only, and checked to be sections by
-        mapping them; the lock file is checked to be a disk file before it is opened again
-        as a file object of our own, so a handle of a pipe or a device is never used. A
-        lock file whose number was reused meanwhile cannot pass unseen: the owner marks the
-        control area closed before it closes its handles, and attach reads it after this.
+        All three are duplicated first; then the sections are checked to be sections (by
+        mapping them) and the trailer to name this process and this lock file, not closed.
+        Only then is the lock file looked at (a disk file?) and opened again as a file object
+        of our own. An owner marks its trailer closed before it closes its handles, so a
+        number reused meanwhile for something else cannot pass.
         """
         try:
             section, control, locks = unpack(handle)
         except ValueError as exc:
             raise NotShared(errno.EINVAL, str(exc)) from None
         api = self._api
-        process = api.open_process(PROCESS_DUP_HANDLE, False, pid)
+        process = api.open_process(PROCESS_DUP_HANDLE | SYNCHRONIZE, False, pid)
         if not process:
             code = last_error()
             if code == ERROR_INVALID_PARAMETER:
                 raise ProcessLookupError(errno.ESRCH, f"no process {pid}")
             if code == ERROR_ACCESS_DENIED:
-                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
-            raise failure("OpenProcess", f"PROCESS_DUP_HANDLE, FALSE, {pid}", code)
+                raise PermissionError(
+                    errno.EACCES,
+                    "Windows refused to open the owner's process for handle duplication "
+                    "(another user's process, or an elevated one)",
+                )
+            raise failure("OpenProcess", f"PROCESS_DUP_HANDLE|SYNCHRONIZE, FALSE, {pid}", code)
         made: list[int] = []
-        try:
-            made.append(self._duplicate(process, section, FILE_MAP_READ))
-            made.append(self._duplicate(process, control, FILE_MAP_READ | FILE_MAP_COPY))
-            for copy in made:
+        with interrupts_deferred():
+            try:
+                made.append(self._duplicate(process, section, FILE_MAP_READ))
+                made.append(self._duplicate(process, control, FILE_MAP_READ | FILE_MAP_COPY))
+                raw = self._duplicate(process, locks, 0)
                 try:
-                    self._view_size(copy)
-                except PlatformError:
-                    raise NotShared(errno.EINVAL, f"handle {copy} is not a section") from None
-            made.append(self._reopen_lock_file(process, locks))
-            return pack(*made)
-        except BaseException:
-            self._close_all(made)
-            raise
-        finally:
-            api.close_handle(process)
+                    self._check_trailer(made[0], made[1], pid, locks)
+                    made.append(self._reopen_lock_file(raw, locks))
+                finally:
+                    api.close_handle(raw)
+                return pack(*made)
+            except BaseException:
+                self._close_all(made)
+                raise
+            finally:
+                api.close_handle(process)
 
     def size(self, handle: int) -> int:
         return self._view_size(_handles(handle, "size")[0])
@@ -456,32 +465,46 @@ class SectionSharing:
         return self._user
 
     def close(self, handle: int) -> None:
-        self._close_all(list(_handles(handle, "close")))
+        """Close the three handles; an owner first marks its trailer closed (see ``reopen``)."""
+        values = _handles(handle, "close")
+        control = self._created.pop(handle, None)
+        try:
+            if control is not None:
+                closed = TRAILER.pack(TRAILER_MAGIC, os.getpid(), values[2], 1)
+                self._write_trailer(values[1], control, closed)
+        finally:
+            self._close_all(list(values))
 
     # -- address space ------------------------------------------------------------------
 
-    def reserve(self, size: int, alignment: int, shared: Sequence[tuple[int, int]]) -> int:
-        """One placeholder, aligned; what is not ``shared`` becomes ordinary reservations."""
+    def reserve(self, size: int, alignment: int, private: Sequence[tuple[int, int]]) -> int:
+        """One placeholder, aligned; the ``private`` spans become ordinary reservations (their
+        bounds must be granules: ``VirtualAlloc2`` asks it). The rest stays placeholders,
+        inaccessible until ``map`` maps a view over a span of it."""
         check_span("reserve", 0, size, self.memory.page_size)
-        private = gaps(size, shared)
-        base = self._placeholder(size, alignment)
-        pieces = Pieces(base, size)
-        try:
-            for start, length in private:
-                self._cut(pieces, base + start, length)
-                address = base + start
-                kind = MEM_RESERVE | MEM_REPLACE_PLACEHOLDER
-                if not self._api.virtual_alloc2(
-                    self._process, address, length, kind, PAGE_NOACCESS, None, 0
-                ):
-                    arguments = span_arguments(address, length, "MEM_REPLACE_PLACEHOLDER")
-                    raise failure("VirtualAlloc2", arguments)
-                pieces.mark(address, length, Kind.RESERVED)
-        except BaseException:
-            self._free_pieces(pieces)
-            raise
-        with self._lock:
-            self._reservations[base] = pieces
+        granule = self.memory.granularity
+        for start, length in private:
+            if start % granule or length % granule or not 0 <= start < start + length <= size:
+                raise ValueError(f"reserve: private span ({start}, {length}) is not whole granules")
+        with interrupts_deferred():
+            base = self._placeholder(size, alignment)
+            pieces = Pieces(base, size)
+            try:
+                for start, length in private:
+                    address = base + start
+                    self._cut(pieces, address, length)
+                    kind = MEM_RESERVE | MEM_REPLACE_PLACEHOLDER
+                    if not self._api.virtual_alloc2(
+                        self._process, address, length, kind, PAGE_NOACCESS, None, 0
+                    ):
+                        arguments = span_arguments(address, length, "MEM_REPLACE_PLACEHOLDER")
+                        raise failure("VirtualAlloc2", arguments)
+                    pieces.mark(address, length, Kind.RESERVED)
+            except BaseException:
+                self._free_pieces(pieces)
+                raise
+            with self._lock:
+                self._reservations[base] = pieces
         return base
 
     def release(self, address: int, size: int) -> None:
@@ -498,8 +521,10 @@ class SectionSharing:
         section, control, _ = _handles(handle, "map")
         if address is None:
             return self._map_control(control, size, offset, writable=writable)
-        with self._lock:
+        with interrupts_deferred(), self._lock:
             pieces = self._pieces(address)
+            if pieces.piece(address) == (address, size, Kind.VIEW):
+                return address  # committed already (a prefaulted region being loaded)
             self._cut(pieces, address, size)
             protection = PAGE_READWRITE if writable else PAGE_READONLY
             view = self._api.map_view_of_file3(
@@ -522,7 +547,7 @@ class SectionSharing:
     def vacate(self, address: int, size: int) -> None:
         """Views wholly inside the span go back to placeholders; a view it covers only part
         of stays, that part made inaccessible (Windows unmaps whole views only)."""
-        with self._lock:
+        with interrupts_deferred(), self._lock:
             pieces = self._pieces(address)
             for start, length, kind in pieces.overlapping(address, size):
                 if kind is not Kind.VIEW:
@@ -560,21 +585,12 @@ class SectionSharing:
     def lock(self, handle: int, byte: int, *, exclusive: bool) -> bool:
         locks = _handles(handle, "lock")[2]
         flags = LOCKFILE_FAIL_IMMEDIATELY | (LOCKFILE_EXCLUSIVE_LOCK if exclusive else 0)
-        deadline = 0.0
-        while True:
-            if self._api.lock_file_ex(locks, flags, 0, 1, 0, byref(_at(byte))):
-                return True
-            code = last_error()
-            if code != ERROR_LOCK_VIOLATION:
-                raise failure("LockFileEx", f"{locks}, {flags:#x}, byte {byte}", code)
-            if exclusive:
-                return False
-            now = time.monotonic()
-            if not deadline:
-                deadline = now + PROBE_PATIENCE
-            elif now >= deadline:
-                return False
-            time.sleep(0)
+        if self._api.lock_file_ex(locks, flags, 0, 1, 0, byref(_at(byte))):
+            return True
+        code = last_error()
+        if code != ERROR_LOCK_VIOLATION:
+            raise failure("LockFileEx", f"{locks}, {flags:#x}, byte {byte}", code)
+        return False
 
     def unlock(self, handle: int, byte: int) -> None:
         """Let go of every lock this open holds on ``byte`` (none is no error)."""
@@ -615,28 +631,56 @@ class SectionSharing:
         return int(made)
 
     def _duplicate(self, process: int, value: int, access: int) -> int:
+        """Our copy of another process's handle (``access`` 0: the same access)."""
         copy = c_void_p()
         options = 0 if access else DUPLICATE_SAME_ACCESS
         if not self._api.duplicate_handle(
             process, value, self._process, byref(copy), access, False, options
         ):
             code = last_error()
+            if self._api.wait_for_single_object(process, 0) == WAIT_OBJECT_0:
+                raise ProcessLookupError(errno.ESRCH, "the process has exited")
             if code == ERROR_INVALID_HANDLE:
                 raise FileNotFoundError(errno.ENOENT, f"no handle {value} in that process")
             raise failure("DuplicateHandle", f"owner, {value}, {access:#x}", code)
         return int(copy.value or 0)
 
-    def _reopen_lock_file(self, process: int, value: int) -> int:
-        raw = self._duplicate(process, value, 0)
+    def _check_trailer(self, section: int, control: int, pid: int, locks: int) -> None:
+        """Both are sections, and the control one carries a trailer naming ``pid`` and its
+        lock file ``locks``, not closed; else ``NotShared``."""
+        for value in (section, control):
+            try:
+                whole = self._view_size(value)
+            except PlatformError:
+                raise NotShared(errno.EINVAL, "the handle is not a section") from None
+        page = self.memory.page_size
+        if whole < 2 * page:
+            raise NotShared(errno.EINVAL, "the section is not an mmkit control area")
+        raw = self._read(control, whole - page, TRAILER.size)
+        magic, owner, lock_file, closed = TRAILER.unpack(raw)
+        if magic != TRAILER_MAGIC or owner != pid or lock_file != locks:
+            raise NotShared(errno.EINVAL, "the section is not this owner's control area")
+        if closed:
+            raise FileNotFoundError(errno.ENOENT, "the owner has closed its shared memory")
+
+    def _reopen_lock_file(self, raw: int, value: int) -> int:
+        """A file object of our own for the owner's lock file (``raw``: our copy of its
+        handle), which must be a disk file."""
+        if self._api.get_file_type(raw) != FILE_TYPE_DISK:
+            raise NotShared(errno.EINVAL, f"handle {value} is not mmkit's lock file")
+        made = self._api.reopen_file(raw, GENERIC_READ, FILE_SHARE_ALL, 0)
+        if not made or made == INVALID_HANDLE_VALUE:
+            raise failure("ReOpenFile", f"{raw}, GENERIC_READ")
+        return int(made)
+
+    def _write_trailer(self, control: int, offset: int, record: bytes) -> None:
+        view = self._api.map_view_of_file(control, FILE_MAP_WRITE, 0, 0, 0)
+        if not view:
+            raise failure("MapViewOfFile", f"{control}, FILE_MAP_WRITE, 0, 0, 0")
         try:
-            if self._api.get_file_type(raw) != FILE_TYPE_DISK:
-                raise NotShared(errno.EINVAL, f"handle {value} is not mmkit's lock file")
-            made = self._api.reopen_file(raw, GENERIC_READ, FILE_SHARE_ALL, 0)
-            if not made or made == INVALID_HANDLE_VALUE:
-                raise failure("ReOpenFile", f"{raw}, GENERIC_READ")
-            return int(made)
+            ctypes.memmove(view + offset, record, len(record))
         finally:
-            self._api.close_handle(raw)
+            self._api.unmap_view_of_file(view)
 
     def _close_all(self, handles: list[int]) -> None:
         error: PlatformError | None = None

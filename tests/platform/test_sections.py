@@ -18,7 +18,7 @@ from mmkit.memory.arena import ArenaLayout
 from mmkit.memory.region import plan_layout
 from mmkit.memory.shared import shared_parts
 from mmkit.platform import Protection, sections, windows
-from mmkit.platform.sections import Kind, Pieces, SectionSharing, gaps, pack, sid_digest, unpack
+from mmkit.platform.sections import Kind, Pieces, SectionSharing, pack, sid_digest, unpack
 from mmkit.values.share import ShareHandle
 from tests.conftest import small_config
 
@@ -72,16 +72,6 @@ def test_a_users_id_is_a_stable_32_bit_digest_of_the_sid() -> None:
     assert sid_digest(sid) == sid_digest(bytes(sid))
     assert 0 <= sid_digest(sid) < 1 << 32
     assert sid_digest(sid) != sid_digest(sid[:-1] + b"\xff")
-
-
-def test_the_gaps_between_shared_spans_are_what_the_owner_commits_privately() -> None:
-    assert gaps(100, [(10, 20), (40, 10)]) == [(0, 10), (30, 10), (50, 50)]
-    assert gaps(100, [(0, 100)]) == []
-    assert gaps(100, []) == [(0, 100)]
-    assert gaps(100, [(50, 50), (0, 50)]) == []
-    for bad in ([(10, 20), (20, 10)], [(90, 20)], [(10, 0)]):
-        with pytest.raises(ValueError, match="overlaps another or leaves"):
-            gaps(100, bad)
 
 
 def test_a_span_in_the_middle_of_a_placeholder_takes_two_head_splits() -> None:
@@ -197,6 +187,8 @@ class Model:
             return address
         if kind == windows.MEM_RESERVE | sections.MEM_REPLACE_PLACEHOLDER:
             assert address is not None
+            if address % GRANULE:
+                raise Broken(f"VirtualAlloc2 at {address:#x}: not a multiple of the granularity")
             self._expect(address, size, "placeholder")
             self.regions[address] = (size, "reserved")
             return address
@@ -275,9 +267,13 @@ def backend(model: Model) -> SectionSharing:
     return SectionSharing(model, model)  # type: ignore[arg-type]
 
 
-def layout_of(config: MemoryConfig, alignment: int) -> tuple[int, list[tuple[int, int, int]]]:
+def layout_of(
+    config: MemoryConfig, alignment: int
+) -> tuple[int, list[tuple[int, int]], list[tuple[int, int, int]]]:
+    """The reservation's size, the owner's private span (the pool) and the shared parts."""
     layout = plan_layout(config, PAGE, alignment)
-    return layout.size, shared_parts(layout, ArenaLayout.plan(config, PAGE))
+    pool = [(layout.pool_offset, layout.size - layout.pool_offset)] if layout.pool_size else []
+    return layout.size, pool, shared_parts(layout, ArenaLayout.plan(config, PAGE))
 
 
 CONFIGS = {
@@ -292,11 +288,11 @@ def test_the_owners_life_keeps_to_the_placeholder_rules(
     model: Model, name: str, alignment: int
 ) -> None:
     sharing = backend(model)
-    size, parts = layout_of(CONFIGS[name], alignment)
-    base = sharing.reserve(size, alignment, [(start, n) for start, n, _ in parts])
+    size, pool, parts = layout_of(CONFIGS[name], alignment)
+    base = sharing.reserve(size, alignment, pool)
     assert base % alignment == 0
-    kinds = {kind for _, _, kind in model.in_range(base, size)}
-    assert kinds <= {"placeholder", "reserved"}
+    reserved = [(s - base, n) for s, n, kind in model.in_range(base, size) if kind == "reserved"]
+    assert reserved == pool  # the pool commits as ordinary memory; the rest are placeholders
     handle = pack(4, 8, 12)
     *regions, (spares, spares_size, spares_offset) = parts
     layer = CONFIGS[name].layer_size
@@ -324,8 +320,8 @@ def test_the_owners_life_keeps_to_the_placeholder_rules(
 
 def test_a_reader_maps_each_part_once_and_lets_go_of_everything(model: Model) -> None:
     sharing = backend(model)
-    size, parts = layout_of(CONFIGS["four spare layers"], 1 << 21)
-    base = sharing.reserve(size, 1 << 21, [(start, n) for start, n, _ in parts])
+    size, _, parts = layout_of(CONFIGS["four spare layers"], 1 << 21)
+    base = sharing.reserve(size, 1 << 21, [])
     for start, length, offset in parts:
         sharing.map(base + start, length, pack(4, 8, 12), offset, writable=False)
     views = [(s - base, n) for s, n, kind in model.in_range(base, size) if kind == "view"]
@@ -336,8 +332,8 @@ def test_a_reader_maps_each_part_once_and_lets_go_of_everything(model: Model) ->
 
 def test_a_failed_map_leaves_the_span_mappable_and_the_release_whole(model: Model) -> None:
     sharing = backend(model)
-    size, parts = layout_of(CONFIGS["four spare layers"], GRANULE)
-    base = sharing.reserve(size, GRANULE, [(start, n) for start, n, _ in parts])
+    size, pool, parts = layout_of(CONFIGS["four spare layers"], GRANULE)
+    base = sharing.reserve(size, GRANULE, pool)
     start, length, offset = parts[0]
     model.fail = "MapViewOfFile3"
     with pytest.raises(windows.PlatformError, match="MapViewOfFile3") as caught:
@@ -351,7 +347,7 @@ def test_a_failed_map_leaves_the_span_mappable_and_the_release_whole(model: Mode
 
 def test_a_failed_reservation_leaves_nothing(model: Model) -> None:
     sharing = backend(model)
-    size, parts = layout_of(CONFIGS["four spare layers"], GRANULE)
+    size, pool, _ = layout_of(CONFIGS["four spare layers"], GRANULE)
     calls = 0
     real = model.virtual_alloc2
 
@@ -362,21 +358,39 @@ def test_a_failed_reservation_leaves_nothing(model: Model) -> None:
 
     model.virtual_alloc2 = second_fails  # type: ignore[method-assign]
     with pytest.raises(windows.PlatformError, match="VirtualAlloc2"):
-        sharing.reserve(size, GRANULE, [(start, n) for start, n, _ in parts])
+        sharing.reserve(size, GRANULE, pool)
     assert model.regions == {}
 
 
 def test_spans_mapped_otherwise_than_laid_out_are_refused(model: Model) -> None:
     sharing = backend(model)
-    size, parts = layout_of(CONFIGS["four spare layers"], GRANULE)
-    base = sharing.reserve(size, GRANULE, [(start, n) for start, n, _ in parts])
+    size, pool, parts = layout_of(CONFIGS["four spare layers"], GRANULE)
+    base = sharing.reserve(size, GRANULE, pool)
     start, length, offset = parts[0]
-    with pytest.raises(ValueError, match="do not lie in one placeholder"):
-        sharing.map(base + start, length + PAGE, pack(4, 8, 12), offset, writable=True)
+    sharing.map(base + start, length, pack(4, 8, 12), offset, writable=True)
+    with pytest.raises(ValueError, match="do not lie in one placeholder"):  # inside a view
+        sharing.map(base + start + PAGE, PAGE, pack(4, 8, 12), offset + PAGE, writable=True)
+    with pytest.raises(ValueError, match="do not lie in one placeholder"):  # across pieces
+        sharing.map(base + start - PAGE, 2 * PAGE, pack(4, 8, 12), offset, writable=True)
     with pytest.raises(ValueError, match="lies in no shared reservation"):
         sharing.map(base + size, PAGE, pack(4, 8, 12), 0, writable=True)
     with pytest.raises(ValueError, match="no shared reservation of"):
         sharing.release(base, size + PAGE)
     with pytest.raises(ValueError, match="vacate it"):
         sharing.unmap(base, PAGE)
+    with pytest.raises(ValueError, match="not whole granules"):
+        sharing.reserve(size, GRANULE, [(PAGE, GRANULE)])
     sharing.release(base, size)
+
+
+def test_committing_a_mapped_span_again_is_no_error(model: Model) -> None:
+    """A prefaulted shared manager commits each region at reservation and again at load."""
+    sharing = backend(model)
+    size, pool, parts = layout_of(CONFIGS["four spare layers"], GRANULE)
+    base = sharing.reserve(size, GRANULE, pool)
+    start, length, offset = parts[0]
+    for _ in range(2):
+        sharing.map(base + start, length, pack(4, 8, 12), offset, writable=True)
+    sharing.vacate(base + start, length)
+    sharing.release(base, size)
+    assert model.in_range(base, size) == []
