@@ -36,6 +36,7 @@ Importable everywhere so its pure logic can be tested on any OS; only constructi
 from __future__ import annotations
 
 import bisect
+import contextlib
 import ctypes
 import enum
 import errno
@@ -57,6 +58,7 @@ from mmkit.platform.windows import (
     ERROR_INVALID_ADDRESS,
     ERROR_INVALID_PARAMETER,
     ERROR_NOT_LOCKED,
+    MEM_COMMIT,
     MEM_RELEASE,
     MEM_RESERVE,
     PAGE_NOACCESS,
@@ -78,6 +80,8 @@ from mmkit.platform.windows import (
 if TYPE_CHECKING:
     from mmkit.platform.base import SharedMemory
 
+MEM_MAPPED = 0x00040000
+"""MEMORY_BASIC_INFORMATION.Type of a view of a section."""
 MEM_RESERVE_PLACEHOLDER = 0x00040000
 MEM_REPLACE_PLACEHOLDER = 0x00004000
 MEM_PRESERVE_PLACEHOLDER = 0x2
@@ -380,6 +384,7 @@ class SectionSharing:
         self._lock = threading.Lock()
         self._reservations: dict[int, Pieces] = {}
         self._created: dict[int, int] = {}  # handles this process made: their control size
+        self._kept: list[int] = []  # closed owners' handles whose record could not be marked
         self._user: int | None = None
 
     # -- objects ------------------------------------------------------------------------
@@ -387,6 +392,8 @@ class SectionSharing:
     def create(self, size: int, control: int) -> int:
         """Two new sections (the data, and its first ``control`` bytes apart, with this
         backend's trailer after them) and a lock file."""
+        if control <= 0 or control % self.memory.page_size:
+            raise ValueError(f"create: the control area ({control} bytes) is not whole pages")
         made: list[int] = []
         with interrupts_deferred():  # a handle made is a handle recorded
             try:
@@ -398,7 +405,8 @@ class SectionSharing:
                 )
                 handle = pack(*made)
             except BaseException:
-                self._close_all(made)
+                with contextlib.suppress(PlatformError):
+                    self._close_all(made)
                 raise
             self._created[handle] = control
         return handle
@@ -416,6 +424,10 @@ class SectionSharing:
             section, control, locks = unpack(handle)
         except ValueError as exc:
             raise NotShared(errno.EINVAL, str(exc)) from None
+        with interrupts_deferred():  # the process handle too is closed on every way out
+            return self._reopen(pid, section, control, locks)
+
+    def _reopen(self, pid: int, section: int, control: int, locks: int) -> int:
         api = self._api
         process = api.open_process(PROCESS_DUP_HANDLE | SYNCHRONIZE, False, pid)
         if not process:
@@ -430,22 +442,22 @@ class SectionSharing:
                 )
             raise failure("OpenProcess", f"PROCESS_DUP_HANDLE|SYNCHRONIZE, FALSE, {pid}", code)
         made: list[int] = []
-        with interrupts_deferred():
+        try:
+            made.append(self._duplicate(process, section, FILE_MAP_READ))
+            made.append(self._duplicate(process, control, FILE_MAP_READ | FILE_MAP_COPY))
+            raw = self._duplicate(process, locks, 0)
             try:
-                made.append(self._duplicate(process, section, FILE_MAP_READ))
-                made.append(self._duplicate(process, control, FILE_MAP_READ | FILE_MAP_COPY))
-                raw = self._duplicate(process, locks, 0)
-                try:
-                    self._check_trailer(made[0], made[1], pid, locks)
-                    made.append(self._reopen_lock_file(raw, locks))
-                finally:
-                    api.close_handle(raw)
-                return pack(*made)
-            except BaseException:
-                self._close_all(made)
-                raise
+                self._check_trailer(made[0], made[1], pid, locks)
+                made.append(self._reopen_lock_file(raw, locks))
             finally:
-                api.close_handle(process)
+                api.close_handle(raw)
+            return pack(*made)
+        except BaseException:
+            with contextlib.suppress(PlatformError):
+                self._close_all(made)
+            raise
+        finally:
+            api.close_handle(process)
 
     def size(self, handle: int) -> int:
         return self._view_size(_handles(handle, "size")[0])
@@ -453,7 +465,7 @@ class SectionSharing:
     def read(self, handle: int, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes from ``offset``: in the control area, or in the data past it."""
         section, control, _ = _handles(handle, "read")
-        source, whole = control, self._view_size(control)
+        source, whole = control, self._view_size(control) - self.memory.page_size
         if offset >= whole:
             source, whole = section, self._view_size(section)
         return self._read(source, offset, max(0, min(size, whole - offset)))
@@ -466,14 +478,16 @@ class SectionSharing:
 
     def close(self, handle: int) -> None:
         """Close the three handles; an owner first marks its trailer closed (see ``reopen``)."""
-        values = _handles(handle, "close")
+        values = list(_handles(handle, "close"))
         control = self._created.pop(handle, None)
-        try:
-            if control is not None:
-                closed = TRAILER.pack(TRAILER_MAGIC, os.getpid(), values[2], 1)
+        if control is not None:
+            closed = TRAILER.pack(TRAILER_MAGIC, os.getpid(), values[2], 1)
+            try:
                 self._write_trailer(values[1], control, closed)
-        finally:
-            self._close_all(list(values))
+            except PlatformError:  # unmarked, the numbers must stay ours: keep them open
+                self._kept.append(handle)
+                values = values[:1]
+        self._close_all(values)
 
     # -- address space ------------------------------------------------------------------
 
@@ -524,7 +538,9 @@ class SectionSharing:
         with interrupts_deferred(), self._lock:
             pieces = self._pieces(address)
             if pieces.piece(address) == (address, size, Kind.VIEW):
-                return address  # committed already (a prefaulted region being loaded)
+                # committed already (a prefaulted region being loaded): as mapped afresh
+                self._protect(address, size, PAGE_READWRITE if writable else PAGE_READONLY)
+                return address
             self._cut(pieces, address, size)
             protection = PAGE_READWRITE if writable else PAGE_READONLY
             view = self._api.map_view_of_file3(
@@ -711,7 +727,12 @@ class SectionSharing:
         if not view:
             raise failure("MapViewOfFile", f"{section}, FILE_MAP_READ, {start:#x}, {length}")
         try:
-            return ctypes.string_at(view + offset - start, size)
+            at = view + offset - start
+            info = self._query(at)  # a section made with SEC_RESERVE has holes: never touch one
+            reached = (info.BaseAddress or 0) + (info.RegionSize or 0)
+            if info.State != MEM_COMMIT or info.Type != MEM_MAPPED or reached < at + size:
+                raise NotShared(errno.EINVAL, "the section's pages are not all committed")
+            return ctypes.string_at(at, size)
         finally:
             self._api.unmap_view_of_file(view)
 

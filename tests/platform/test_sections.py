@@ -1,14 +1,15 @@
 """Windows' sharing backend (``mmkit.platform.sections``), on any OS: its pure logic, and its
-address-space calls run against a model that enforces the placeholder rules Microsoft
-documents (a view replaces a placeholder of exactly its size; only placeholders split; a
-view unmaps back to a placeholder whole). The calls themselves run on Windows, in the
-sharing suites."""
+calls made against a model of the rules Microsoft documents for them: placeholders (a view
+replaces a placeholder of exactly its size; only placeholders split; granule bounds for
+VirtualAlloc2), sections whose views are real memory, one handle table, and LockFileEx's
+conflicts per file object. The calls themselves run on Windows, in the sharing suites."""
 
 from __future__ import annotations
 
 import ctypes
 import errno
 import itertools
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -255,12 +256,140 @@ class Model:
         return sorted((s, n, k) for s, (n, k) in self.regions.items() if base <= s < base + size)
 
 
+class Machine(Model):
+    """The model, with the kernel objects too: sections backed by real memory (so views
+    read and write), files, one handle table for this process (a reader in the owner's
+    process, which mmkit allows) and LockFileEx's rules: an exclusive lock conflicts with any
+    lock, a shared one with an exclusive one, each file object holding its own."""
+
+    ERROR_INVALID_HANDLE = 6
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.error = windows.ERROR_NOT_ENOUGH_MEMORY
+        self.objects: dict[int, object] = {}
+        self._handles = itertools.count(0x100, 4)
+        # real memory: two views of one offset share an address, so each is counted
+        self.views: dict[int, list[int]] = {}
+        self.locks: dict[tuple[int, int], list[tuple[object, bool]]] = {}
+        self.asked_type: list[int] = []
+
+    def _new(self, thing: object) -> int:
+        handle = next(self._handles)
+        self.objects[handle] = thing
+        return handle
+
+    def _refuse(self, code: int) -> int:
+        self.error = code
+        return 0
+
+    def create_file_mapping(self, file: int, security: None, protection: int, *rest: object) -> int:
+        high, low, name = rest
+        assert file == sections.INVALID_HANDLE_VALUE and name is None
+        assert protection == windows.PAGE_READWRITE | sections.SEC_COMMIT
+        return self._new(ctypes.create_string_buffer((int(high) << 32) + int(low)))
+
+    def map_view_of_file(self, handle: int, access: int, high: int, low: int, size: int) -> int:
+        buffer = self.objects.get(handle)
+        if not isinstance(buffer, ctypes.Array):
+            return self._refuse(self.ERROR_INVALID_HANDLE)
+        offset = (high << 32) + low
+        assert offset % GRANULE == 0, "MapViewOfFile offsets are whole granules"
+        length = size or len(buffer) - offset
+        assert offset + length <= len(buffer)
+        address = ctypes.addressof(buffer) + offset
+        self.views.setdefault(address, []).append(length)
+        return address
+
+    def unmap_view_of_file(self, address: int) -> int:
+        if self.views.get(address):
+            self.views[address].pop()
+            return 1
+        return super().unmap_view_of_file(address)
+
+    def virtual_query(self, address: int, info: object, size: int) -> int:
+        record = info._obj  # type: ignore[attr-defined]  # byref()'s structure
+        for start, lengths in self.views.items():
+            length = max(lengths, default=0)
+            if start <= address < start + length:
+                record.BaseAddress, record.RegionSize = start, (length + PAGE - 1) // PAGE * PAGE
+                record.State, record.Type = windows.MEM_COMMIT, sections.MEM_MAPPED
+                return size
+        raise Broken(f"VirtualQuery at {address:#x}: no view there")
+
+    def virtual_protect(self, address: int, size: int, protection: int, old: object) -> int:
+        views = [(start, max(lengths, default=0)) for start, lengths in self.views.items()]
+        if not any(s <= address < address + size <= s + n for s, n in views):
+            self.protect(address, size, Protection.NONE)  # placeholder views: one view only
+        return 1
+
+    def create_file(self, path: str, access: int, share: int, *rest: object) -> int:
+        _security, disposition, flags, _template = rest
+        assert disposition == sections.CREATE_NEW and flags & sections.FILE_FLAG_DELETE_ON_CLOSE
+        return self._new(("file", path, object()))
+
+    def get_file_type(self, handle: int) -> int:
+        self.asked_type.append(handle)
+        thing = self.objects[handle]
+        return 1 if isinstance(thing, tuple) and thing[0] == "file" else 3
+
+    def reopen_file(self, handle: int, access: int, share: int, flags: int) -> int:
+        kind, path, _ = self.objects[handle]  # type: ignore[misc]
+        assert share == sections.FILE_SHARE_ALL, "the delete-on-close file needs FILE_SHARE_DELETE"
+        return self._new((kind, path, object()))
+
+    def open_process(self, access: int, inherit: bool, pid: int) -> int:
+        if pid != os.getpid():
+            return self._refuse(windows.ERROR_INVALID_PARAMETER)
+        return self._new(("process", pid))
+
+    def duplicate_handle(self, process: int, value: int, *rest: object) -> int:
+        _target, out, _access, _inherit, _options = rest
+        if value not in self.objects:
+            return self._refuse(self.ERROR_INVALID_HANDLE)
+        out._obj.value = self._new(self.objects[value])  # type: ignore[attr-defined]
+        return 1
+
+    def wait_for_single_object(self, handle: int, milliseconds: int) -> int:
+        return 0x102  # WAIT_TIMEOUT: the process lives
+
+    def close_handle(self, handle: int) -> int:
+        thing = self.objects.pop(handle, None)
+        if thing is None:
+            return self._refuse(self.ERROR_INVALID_HANDLE)
+        if isinstance(thing, tuple) and thing[0] == "file" and thing not in self.objects.values():
+            for held in self.locks.values():  # the file object's last handle: its locks go
+                held[:] = [lock for lock in held if lock[0] is not thing[2]]
+        return 1
+
+    def lock_file_ex(self, handle: int, flags: int, *rest: object) -> int:
+        _reserved, _low, _high, overlapped = rest
+        _, path, owner = self.objects[handle]  # type: ignore[misc]
+        held = self.locks.setdefault((path, overlapped._obj.Offset), [])  # type: ignore[attr-defined]
+        exclusive = bool(flags & sections.LOCKFILE_EXCLUSIVE_LOCK)
+        assert flags & sections.LOCKFILE_FAIL_IMMEDIATELY
+        if held and (exclusive or any(other for _, other in held)):
+            return self._refuse(sections.ERROR_LOCK_VIOLATION)
+        held.append((owner, exclusive))
+        return 1
+
+    def unlock_file_ex(self, handle: int, *rest: object) -> int:
+        _reserved, _low, _high, overlapped = rest
+        _, path, owner = self.objects[handle]  # type: ignore[misc]
+        held = self.locks.get((path, overlapped._obj.Offset), [])  # type: ignore[attr-defined]
+        for lock in held:
+            if lock[0] is owner:
+                held.remove(lock)
+                return 1
+        return self._refuse(windows.ERROR_NOT_LOCKED)
+
+
 @pytest.fixture
-def model(monkeypatch: pytest.MonkeyPatch) -> Iterator[Model]:
-    model = Model()
-    codes = itertools.repeat(windows.ERROR_NOT_ENOUGH_MEMORY)
-    monkeypatch.setattr(windows, "last_error", lambda: next(codes))
-    yield model
+def model(monkeypatch: pytest.MonkeyPatch) -> Iterator[Machine]:
+    machine = Machine()
+    monkeypatch.setattr(windows, "last_error", lambda: machine.error)
+    monkeypatch.setattr(sections, "last_error", lambda: machine.error)
+    yield machine
 
 
 def backend(model: Model) -> SectionSharing:
@@ -394,3 +523,94 @@ def test_committing_a_mapped_span_again_is_no_error(model: Model) -> None:
     sharing.vacate(base + start, length)
     sharing.release(base, size)
     assert model.in_range(base, size) == []
+
+
+# -- sections, handles and byte locks, against the machine ----------------------------------
+
+CONTROL = 2 * PAGE
+ARENA = 4 * GRANULE
+
+
+def test_a_reader_reads_what_the_owner_wrote_through_handles_of_its_own(model: Machine) -> None:
+    sharing = backend(model)
+    owner = sharing.create(ARENA, CONTROL)
+    control = sharing.map(None, CONTROL, owner, 0, writable=True)
+    ctypes.memmove(control, b"header!", 7)
+    reader = sharing.reopen(os.getpid(), owner)
+    assert set(unpack(reader)).isdisjoint(unpack(owner))  # copies, not the owner's numbers
+    assert sharing.size(reader) == ARENA
+    assert sharing.read(reader, 0, 7) == b"header!"
+    assert sharing.read(reader, CONTROL - 2, 8) == b"\0\0"  # the control area ends there
+    assert sharing.read(reader, CONTROL, 8) == b"\0" * 8  # then the data, never the record
+    sharing.unmap(control, CONTROL)
+    for handle in (reader, owner):
+        sharing.close(handle)
+    assert model.objects == {}  # every handle made was closed
+
+
+def test_pins_are_per_open_and_a_probe_leaves_no_lock(model: Machine) -> None:
+    sharing = backend(model)
+    owner = sharing.create(ARENA, CONTROL)
+    assert sharing.lock(owner, 1, exclusive=True)
+    reader = sharing.reopen(os.getpid(), owner)
+    other = sharing.reopen(os.getpid(), owner)
+    assert sharing.locked(reader, 1)  # the owner's byte, seen from a reader in its process
+    assert not sharing.locked(owner, 7)
+    assert sharing.lock(reader, 7, exclusive=False)
+    assert sharing.lock(reader, 7, exclusive=False)  # Windows stacks it
+    assert sharing.lock(other, 7, exclusive=False)
+    assert sharing.locked(owner, 7)
+    sharing.unlock(reader, 7)  # all of this open's locks on the byte
+    assert sharing.locked(owner, 7)  # the other reader's pin stays
+    sharing.close(other)  # and goes with its open
+    assert not sharing.locked(owner, 7)
+    assert not sharing.lock(reader, 1, exclusive=False)
+    sharing.unlock(reader, 9)  # nothing held: no error
+    for handle in (reader, owner):
+        sharing.close(handle)
+    assert all(not held for held in model.locks.values())
+
+
+def test_a_closed_owners_record_stops_a_reopen_before_the_lock_file(model: Machine) -> None:
+    sharing = backend(model)
+    owner = sharing.create(ARENA, CONTROL)
+    _section, control, locks = unpack(owner)
+    record = sections.TRAILER.pack(sections.TRAILER_MAGIC, os.getpid(), locks, 1)
+    sharing._write_trailer(control, CONTROL, record)  # as close() marks it, before closing
+    with pytest.raises(FileNotFoundError, match="closed"):
+        sharing.reopen(os.getpid(), owner)
+    assert model.asked_type == []
+    sharing.close(owner)
+    with pytest.raises(FileNotFoundError, match="no handle"):  # and once closed, gone
+        sharing.reopen(os.getpid(), owner)
+
+
+def test_numbers_that_name_other_things_are_refused_untouched(model: Machine) -> None:
+    sharing = backend(model)
+    owner = sharing.create(ARENA, CONTROL)
+    section, control, locks = unpack(owner)
+    pipe = model._new(("pipe", "\\\\.\\pipe\\x", object()))
+    other = sharing.create(ARENA, CONTROL)
+    forged = [
+        pack(section, control, pipe),  # a pipe where the lock file was: never queried
+        pack(section, locks, locks),  # a file where a section was
+        pack(section, unpack(other)[1], locks),  # another arena's control area
+    ]
+    for number in forged:
+        with pytest.raises(sections.NotShared):
+            sharing.reopen(os.getpid(), number)
+    assert pipe not in model.asked_type
+    with pytest.raises(ProcessLookupError):
+        sharing.reopen(os.getpid() + 1, owner)
+    with pytest.raises(sections.NotShared):
+        sharing.reopen(os.getpid(), 12345)
+    held = dict(model.objects)
+    for handle in (owner, other):
+        sharing.close(handle)
+    assert set(model.objects) == set(held) - set(unpack(owner)) - set(unpack(other))
+
+
+def test_a_control_area_of_part_pages_is_refused(model: Machine) -> None:
+    with pytest.raises(ValueError, match="not whole pages"):
+        backend(model).create(ARENA, CONTROL + 1)
+    assert model.objects == {}
