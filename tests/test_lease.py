@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from mmkit import InvalidState, NotCopyable
-from mmkit.memory.lease import Lease, claim_idle
+from mmkit.memory.lease import Lease, another_view, claim_idle
 from tests.conftest import run_python
 
 SIZE = 4096
@@ -384,3 +384,30 @@ def test_a_collection_in_the_middle_of_claiming_gives_back_once() -> None:
     del views[:]
     claim_idle()
     assert sorted(given_back) == [1, 2]
+
+
+def test_a_view_released_while_another_is_made_of_it_never_comes_out_dead() -> None:
+    """CPython (3.11 and before) can run a collection, and with it other code, inside the
+    allocation that slicing makes; a view released there used to come out as a slice whose
+    buffer is gone, which fails only when used. ``another_view`` says so at once instead."""
+    view = memoryview(bytearray(b"sixteen bytes..."))  # the only holder of its buffer
+    fired: list[str] = []
+
+    def release_during_collection(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and not fired:
+            fired.append(phase)
+            view.release()
+
+    threshold = gc.get_threshold()
+    gc.callbacks.append(release_during_collection)
+    try:
+        gc.set_threshold(1)
+        try:
+            copy = another_view(view)
+        except ValueError:
+            return  # released as the slice was made (or before): said at once
+        finally:
+            gc.set_threshold(*threshold)
+    finally:
+        gc.callbacks.remove(release_during_collection)
+    assert bytes(copy) == b"sixteen bytes..."  # else alive and whole

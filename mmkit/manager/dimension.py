@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from mmkit.memory.lease import Lease
+from mmkit.memory.lease import Lease, another_view
 from mmkit.memory.region import Region
 from mmkit.platform import FREE_THREADED
 from mmkit.values.config import DimensionSpec
@@ -112,7 +112,7 @@ class LoadedDimension:
     def layer_view(self, index: int) -> memoryview:
         """A reader's view of one layer (``ValueError`` if its published view was released)."""
         if SHARED_VIEWS:
-            return self.views[index][:]
+            return another_view(self.views[index])
         lease, start, size = self.spans[index]
         return lease.view(start, size)
 

@@ -28,7 +28,7 @@ from mmkit.manager.residency import Residency
 from mmkit.manager.sources import Fill, exact_bytes, resolve
 from mmkit.manager.stats import Stats, measure
 from mmkit.memory.arena import ArenaLayout
-from mmkit.memory.lease import Lease
+from mmkit.memory.lease import Lease, another_view
 from mmkit.memory.locks import ForkSafeLock, WriteGuard
 from mmkit.memory.pool import PoolAllocator
 from mmkit.memory.region import Layout, Region, Reservation, plan_layout
@@ -318,7 +318,7 @@ class MmapManager(OwnsMemory):
         if table.active and type(layer) is LayerId:
             try:
                 if SHARED_VIEWS:
-                    view = table.layers[layer[0]][layer[1]][:]
+                    view = another_view(table.layers[layer[0]][layer[1]])
                 else:
                     lease, start, size = table.spans[layer[0]][layer[1]]
                     view = lease.view(start, size)

@@ -39,7 +39,7 @@ from mmkit.memory.arena import (
     PUBLISH_BYTE,
     ArenaLayout,
 )
-from mmkit.memory.lease import Lease, claim_idle
+from mmkit.memory.lease import Lease, another_view, claim_idle
 from mmkit.memory.locks import ForkSafeLock
 from mmkit.memory.region import Region, Reservation, plan_layout
 from mmkit.memory.shared import AttachedArena, wait_for_lock
@@ -254,7 +254,9 @@ class SharedReader(OwnsMemory):
         if type(layer) is LayerId and self._generation.value == table.generation:
             try:
                 ready = table.ready[layer]
-                return ready[:] if SHARED_VIEWS else ready.view()  # type: ignore[union-attr,index]
+                if SHARED_VIEWS:
+                    return another_view(ready)  # type: ignore[arg-type]
+                return ready.view()  # type: ignore[union-attr]
             except (KeyError, ValueError, InvalidState):
                 pass  # not pinned for this table yet, or let go of since
         del table

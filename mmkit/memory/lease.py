@@ -327,6 +327,20 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: _CLAIMING.__setitem__(0, False))
 
 
+def another_view(view: memoryview) -> memoryview:
+    """A new view of ``view``'s bytes for a caller, or ``ValueError`` if ``view`` is released.
+
+    Also when it is released while the slice is being made: CPython can run other threads in
+    the middle of slicing (a collection inside the allocation runs Python code), and then
+    hands out a slice of a buffer already gone, which fails only when used. Asking the slice
+    for its length here turns that into this ``ValueError``; once made, the slice holds the
+    buffer, and a release of ``view`` can no longer take it away.
+    """
+    copy = view[:]
+    len(copy)
+    return copy
+
+
 def claim_idle() -> None:
     """Give back the memory of closed owners whose views are all gone.
 
