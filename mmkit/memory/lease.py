@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import operator
 import os
 import pickle
+import sys
 from _thread import get_ident
 from collections.abc import Callable
 from sys import getrefcount
@@ -327,18 +329,23 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: _CLAIMING.__setitem__(0, False))
 
 
-def another_view(view: memoryview) -> memoryview:
-    """A new view of ``view``'s bytes for a caller, or ``ValueError`` if ``view`` is released.
-
-    Also when it is released while the slice is being made: CPython can run other threads in
-    the middle of slicing (a collection inside the allocation runs Python code), and then
-    hands out a slice of a buffer already gone, which fails only when used. Asking the slice
-    for its length here turns that into this ``ValueError``; once made, the slice holds the
-    buffer, and a release of ``view`` can no longer take it away.
-    """
+def _checked_slice(view: memoryview) -> memoryview:
     copy = view[:]
-    len(copy)
+    len(copy)  # a slice of a buffer already gone raises here, not in the caller's hands
     return copy
+
+
+another_view: Callable[[memoryview], memoryview] = (
+    operator.itemgetter(slice(None)) if sys.version_info >= (3, 12) else _checked_slice
+)
+"""A new view of a view's bytes for a caller, or ``ValueError`` if that view is released.
+
+Also when it is released while the slice is being made: CPython 3.11 and before can run a
+collection, and with it other threads, inside the allocation that slicing makes, and then
+hand out a slice of a buffer already gone, which fails only when used; there the slice is
+asked for its length at once. Once made, a slice holds the buffer, and releasing the view
+it came from no longer takes it away. From 3.12 collections run only between bytecodes:
+a plain slice, taken by a C call."""
 
 
 def claim_idle() -> None:
