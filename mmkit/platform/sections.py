@@ -384,7 +384,6 @@ class SectionSharing:
         self._lock = threading.Lock()
         self._reservations: dict[int, Pieces] = {}
         self._created: dict[int, int] = {}  # handles this process made: their control size
-        self._kept: list[int] = []  # closed owners' handles whose record could not be marked
         self._user: int | None = None
 
     # -- objects ------------------------------------------------------------------------
@@ -484,8 +483,7 @@ class SectionSharing:
             closed = TRAILER.pack(TRAILER_MAGIC, os.getpid(), values[2], 1)
             try:
                 self._write_trailer(values[1], control, closed)
-            except PlatformError:  # unmarked, the numbers must stay ours: keep them open
-                self._kept.append(handle)
+            except PlatformError:  # unmarked, the numbers must stay ours: left open for good
                 values = values[:1]
         self._close_all(values)
 

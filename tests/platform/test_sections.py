@@ -614,3 +614,20 @@ def test_a_control_area_of_part_pages_is_refused(model: Machine) -> None:
     with pytest.raises(ValueError, match="not whole pages"):
         backend(model).create(ARENA, CONTROL + 1)
     assert model.objects == {}
+
+
+def test_an_owner_that_cannot_mark_its_record_closed_keeps_those_numbers(
+    model: Machine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Freed numbers could be reused under a reader that trusts the unmarked record."""
+    sharing = backend(model)
+    owner = sharing.create(ARENA, CONTROL)
+    section, control, locks = unpack(owner)
+
+    def refused(*arguments: object) -> None:
+        raise windows.PlatformError("MapViewOfFile", "", errno.ENOMEM, "refused", exhausted=True)
+
+    monkeypatch.setattr(sharing, "_write_trailer", refused)
+    sharing.close(owner)
+    assert section not in model.objects
+    assert control in model.objects and locks in model.objects
